@@ -1,0 +1,89 @@
+"""Keras callbacks that keep a run safe and visible: NaN guard, checkpoints, epoch reports."""
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from robgan_tf import rundir
+from robgan_tf.evaluation import collapse_warning
+from robgan_tf.plots import sample_grid
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss, before anything is checkpointed."""
+
+    def __init__(self, keys, out_dir):
+        super().__init__()
+        self.keys, self.out_dir = keys, out_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key in self.keys:
+            value = float(np.asarray((logs or {}).get(key, 0.0)))
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{key} became {value} at batch {batch}; training stopped and the last good "
+                    f"checkpoint in {os.path.join(self.out_dir, rundir.CHECKPOINTS)} is kept. "
+                    f"Rerunning resumes from it; lower the learning rates if it happens again.")
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves the training checkpoint every `every` batches and at each epoch end (models too)."""
+
+    def __init__(self, manager, progress, every, save_models, batch_offset=0):
+        super().__init__()
+        self.manager, self.progress, self.every = manager, progress, every
+        self.save_models, self.batch_offset = save_models, batch_offset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.progress.epoch.assign(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.batch_offset + batch + 1
+        self.progress.batch.assign(done)
+        if self.every and done % self.every == 0:
+            self.manager.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
+        self.progress.epoch.assign(epoch + 1)
+        self.progress.batch.assign(0)
+        self.save_models()
+        self.manager.save()
+
+
+class EpochReport(keras.callbacks.Callback):
+    """At each epoch end: a sample grid, generator quality (with a loud collapse warning),
+    and one row of metrics.csv; the quality numbers also go to the epoch logs."""
+
+    def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names):
+        super().__init__()
+        self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
+        self.generator, self.quality, self.class_names = generator, quality, class_names
+        self.last_quality = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        number = self.epoch_offset + epoch + 1
+        sample_grid(self.generator, self.class_names,
+                    os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
+                    title=f"{self.stage} epoch {number}")
+        self.last_quality = quality = self.quality(self.generator)
+        print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
+              f"sample diversity {quality['sample_diversity']:.2f} of real")
+        warning = collapse_warning(quality)
+        if warning:
+            print("!" * 78 + f"\n{warning}\n" + "!" * 78)
+        logs = logs if logs is not None else {}
+        logs.update(quality)
+        row = {k: float(np.asarray(v)) for k, v in logs.items() if k in rundir.METRICS_COLUMNS}
+        row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1))
+        rundir.append_metrics_row(self.out_dir, row)

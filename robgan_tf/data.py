@@ -1,0 +1,165 @@
+"""Image-classification data: local `.npz` files or TensorFlow Datasets, as tf.data pipelines.
+
+Arrays leave this module as uint8 NHWC images and integer labels; pipelines yield
+float32 images in [0, 1] and int32 labels.
+"""
+
+import os
+import socket
+
+import numpy as np
+import tensorflow as tf
+
+CLASS_NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"],
+}
+
+
+class DataError(ValueError):
+    """Raised with a one-line message saying what is wrong with the data and how to fix it."""
+
+
+class Dataset:
+    """A named train/test pair of uint8 image arrays with integer labels."""
+
+    def __init__(self, name, x_train, y_train, x_test, y_test, class_names=None):
+        self.name = name
+        self.x_train, self.y_train = _check_arrays(name, "train", x_train, y_train)
+        self.x_test, self.y_test = _check_arrays(name, "test", x_test, y_test)
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(f"{name}: train images are {self.x_train.shape[1:]} but test images are "
+                            f"{self.x_test.shape[1:]}; both splits must have the same image shape")
+        self.num_classes = int(max(self.y_train.max(), self.y_test.max())) + 1
+        self.class_names = list(class_names or CLASS_NAMES.get(name) or
+                                [str(i) for i in range(self.num_classes)])
+        if len(self.class_names) < self.num_classes:
+            raise DataError(f"{name}: labels go up to {self.num_classes - 1} but only "
+                            f"{len(self.class_names)} class names are known")
+
+    @property
+    def image_shape(self):
+        return tuple(self.x_train.shape[1:])
+
+
+def _check_arrays(name, split, x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f"{name}/{split}: images must be (N, H, W, C) with C in (1, 3), got shape {x.shape}")
+    if x.dtype != np.uint8:
+        raise DataError(f"{name}/{split}: images must be uint8 pixels 0..255, got dtype {x.dtype}")
+    if min(x.shape[1:3]) < 8:
+        raise DataError(f"{name}/{split}: images of {x.shape[1]}x{x.shape[2]} are too small (need >= 8x8)")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{name}/{split}: labels must be N integers matching {x.shape[0]} images, "
+                        f"got dtype {y.dtype} shape {y.shape}")
+    if y.size == 0 or y.min() < 0:
+        raise DataError(f"{name}/{split}: labels must be non-negative and the split must not be empty")
+    return x, y.astype(np.int32)
+
+
+def load(name, data_dir=None, tfds_dir=None):
+    """Loads `name` from `<data_dir>/<name>_{train,test}.npz` or, without data_dir, from tfds."""
+    if data_dir is not None:
+        return _load_npz(name, data_dir)
+    return _load_tfds(name, tfds_dir)
+
+
+def _load_npz(name, data_dir):
+    arrays = []
+    for split in ("train", "test"):
+        path = os.path.join(data_dir, f"{name}_{split}.npz")
+        if not os.path.exists(path):
+            found = sorted(f for f in os.listdir(data_dir) if f.endswith("_train.npz")) \
+                if os.path.isdir(data_dir) else []
+            known = ", ".join(f[:-len("_train.npz")] for f in found) or "none"
+            raise DataError(f"missing data file {path} (datasets in {data_dir}: {known}); "
+                            f"pass --data-dir pointing at <dataset>_train.npz/<dataset>_test.npz "
+                            f"or leave it out to use tensorflow_datasets")
+        try:
+            with np.load(path) as f:
+                arrays += [f["x"], f["y"]]
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path} is not a readable .npz with arrays 'x' and 'y': {e}") from None
+    return Dataset(name, *arrays)
+
+
+def _load_tfds(name, tfds_dir):
+    import tensorflow_datasets as tfds
+
+    if name not in tfds.list_builders():
+        raise DataError(f"unknown dataset {name!r}: not a tensorflow_datasets name; "
+                        f"use e.g. mnist or cifar10, or --data-dir with {name}_train.npz/{name}_test.npz")
+    builder = tfds.builder(name, data_dir=tfds_dir)
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DataError(f"tfds dataset {name!r} has no 'image' and 'label' features; "
+                        f"it is not an image-classification set")
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        if not _online():
+            raise DataError(f"{name} is not prepared in {builder.data_dir} and this machine cannot "
+                            f"download it; pass --tfds-dir with a prepared copy or --data-dir with .npz files")
+        builder.download_and_prepare()
+    splits = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1)) for s in ("train", "test")]
+    names = getattr(features["label"], "names", None)
+    return Dataset(name, splits[0]["image"], splits[0]["label"],
+                   splits[1]["image"], splits[1]["label"], class_names=names)
+
+
+def _online(host="storage.googleapis.com", timeout=3.0):
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def subset(x, y, n, seed=0):
+    """A shuffled, class-stratified subset of n examples (all of them when n is None or >= len)."""
+    if n is None or n >= len(y):
+        return x, y
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    take = [idx[:n // len(classes) + (i < n % len(classes))] for i, idx in enumerate(per_class)]
+    idx = rng.permutation(np.concatenate(take))
+    return x[idx], y[idx]
+
+
+def to_float(x):
+    """uint8 pixels -> float32 in [0, 1]; float images pass through as float32."""
+    if x.dtype == tf.uint8:
+        return tf.cast(x, tf.float32) / 255.0
+    return tf.cast(x, tf.float32)
+
+
+def train_pipeline(x, y, batch_size, augment=False, seed=0):
+    """Shuffled, optionally augmented (4-px pad + crop, flip), batched, prefetched training data."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).cache()
+    ds = ds.shuffle(min(len(y), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+
+    def prepare(images, labels):
+        images = to_float(images)
+        if augment:
+            images = _augment(images)
+        return images, labels
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _augment(images):
+    """Random crop after 4-pixel reflection padding and random horizontal flip, per image."""
+    shape = tf.shape(images)
+    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    crops = tf.map_fn(lambda im: tf.image.random_crop(im, shape[1:]), padded)
+    return tf.image.random_flip_left_right(crops)
+
+
+def eval_pipeline(x, y, batch_size):
+    """Batched float images in order, for evaluation."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).batch(batch_size)
+    return ds.map(lambda a, b: (to_float(a), b)).prefetch(tf.data.AUTOTUNE)

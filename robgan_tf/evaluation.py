@@ -1,0 +1,123 @@
+"""Measuring a run: classifier accuracy (clean and under PGD) and generator quality.
+
+Generator quality has two numbers: GAN-test accuracy (a plain classifier trained on the
+real training set labels G's class-conditional samples) and the per-class sample diversity
+relative to real images (mean pairwise L2 distance within a class). A collapsed generator
+scores near chance on the first and near 0 on the second.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from robgan_tf import data
+from robgan_tf.attacks import pgd
+
+COLLAPSE_GAN_TEST = 0.5
+COLLAPSE_DIVERSITY = 0.3
+
+
+def accuracy(classifier, x, y, batch_size=500):
+    """Clean accuracy of a logits classifier on uint8 or [0, 1] float images."""
+    correct = 0
+    for xb, yb in data.eval_pipeline(x, y, batch_size):
+        correct += int(tf.reduce_sum(tf.cast(_predict(classifier, xb) == yb, tf.int32)))
+    return correct / len(y)
+
+
+@tf.function
+def _predict(classifier, x):
+    return tf.argmax(classifier(x, training=False), -1, output_type=tf.int32)
+
+
+def pgd_accuracy(classifier, x, y, eps, steps=20, step_size=None, restarts=1, batch_size=500, seed=0):
+    """Accuracy under L∞ PGD (random start, worst case over restarts), model in inference mode."""
+    step_size = 2.5 * eps / steps if step_size is None else step_size
+    logits_fn = lambda images: classifier(images, training=False)  # noqa: E731
+    attack = tf.function(pgd)
+    correct = 0
+    for b, (xb, yb) in enumerate(data.eval_pipeline(x, y, batch_size)):
+        robust = tf.ones_like(yb, tf.bool)
+        for r in range(restarts):
+            x_adv = attack(logits_fn, xb, yb, eps, steps, step_size, tf.constant([seed * 7919 + r, b], tf.int64))
+            robust &= _predict(classifier, x_adv) == yb
+        correct += int(tf.reduce_sum(tf.cast(robust, tf.int32)))
+    return correct / len(y)
+
+
+def build_reference_classifier(image_shape, num_classes):
+    """The small plain CNN behind GAN-test accuracy."""
+    inputs = keras.Input(image_shape)
+    h = inputs
+    for filters in (32, 64):
+        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(h)
+        h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(h))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(h), name="gan_test_classifier")
+
+
+def train_reference_classifier(dataset, epochs=2, limit=20_000, seed=0):
+    """Trains the GAN-test classifier briefly on real training images; returns (model, test acc)."""
+    keras.utils.set_random_seed(seed)
+    model = build_reference_classifier(dataset.image_shape, dataset.num_classes)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data.subset(dataset.x_train, dataset.y_train, limit, seed)
+    model.fit(data.train_pipeline(x, y, 128, augment=False, seed=seed), epochs=epochs, verbose=0)
+    x_test, y_test = data.subset(dataset.x_test, dataset.y_test, 2000, seed)
+    return model, accuracy(model, x_test, y_test)
+
+
+def generate(generator, labels, seed=0, batch_size=500):
+    """Class-conditional samples as float32 numpy images in [0, 1], G in inference mode."""
+    labels = np.asarray(labels, np.int32)
+    z_dim = generator.input[0].shape[-1]
+    z = np.random.default_rng(seed).standard_normal((len(labels), z_dim)).astype(np.float32)
+    return np.concatenate([np.asarray(generator([z[i:i + batch_size], labels[i:i + batch_size]],
+                                                training=False))
+                           for i in range(0, len(labels), batch_size)])
+
+
+def mean_pairwise_distance(images):
+    """Mean L2 distance between distinct pairs of images (flattened)."""
+    flat = np.asarray(images, np.float64).reshape(len(images), -1)
+    sq = np.sum(flat ** 2, 1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0.0)
+    n = len(flat)
+    return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean())
+
+
+def per_class_diversity(images, labels):
+    labels = np.asarray(labels)
+    return np.array([mean_pairwise_distance(images[labels == c]) for c in np.unique(labels)])
+
+
+class GeneratorQuality:
+    """Scores a generator against real data: GAN-test accuracy and relative sample diversity."""
+
+    def __init__(self, dataset, reference_classifier, per_class=100, seed=0):
+        self.reference = reference_classifier
+        self.labels = np.repeat(np.arange(dataset.num_classes), per_class)
+        self.seed = seed
+        x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
+        self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
+
+    def __call__(self, generator):
+        samples = generate(generator, self.labels, self.seed)
+        gan_test = accuracy(self.reference, samples, self.labels)
+        ratio = per_class_diversity(samples, self.labels) / np.maximum(self.real_diversity, 1e-12)
+        return {"gan_test_accuracy": gan_test, "sample_diversity": float(ratio.mean()),
+                "min_class_diversity": float(ratio.min())}
+
+
+def collapse_warning(quality):
+    """A loud message when the quality numbers signal a collapsed or unconditional generator."""
+    problems = []
+    if quality["sample_diversity"] < COLLAPSE_DIVERSITY:
+        problems.append(f"sample diversity {quality['sample_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
+    if quality["gan_test_accuracy"] < COLLAPSE_GAN_TEST:
+        problems.append(f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {COLLAPSE_GAN_TEST})")
+    if not problems:
+        return None
+    return ("WARNING: GENERATOR COLLAPSE SUSPECTED: " + "; ".join(problems) +
+            ". Samples are not diverse or not recognisable as their class; see samples/.")

@@ -1,0 +1,121 @@
+"""The run directory: the contract between train.py and everything that reads a run.
+
+A run directory holds `config.json`, the three `.keras` models, `samples/epoch_NNN.png`,
+`metrics.csv` (columns: METRICS_COLUMNS), `metrics.json`, TensorBoard `logs/` and the
+step-based training checkpoint `ckpt/`.
+"""
+
+import csv
+import json
+import os
+import shutil
+
+import tensorflow as tf
+
+CONFIG = "config.json"
+GENERATOR = "generator.keras"
+DISCRIMINATOR = "discriminator.keras"
+CLASSIFIER = "classifier.keras"
+REFERENCE_CLASSIFIER = "gan_test_classifier.keras"
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+SAMPLES = "samples"
+LOGS = "logs"
+CHECKPOINTS = "ckpt"
+
+METRICS_COLUMNS = (
+    "stage", "epoch", "seconds",
+    "d_loss", "g_loss", "adv_acc", "fake_acc", "rf_acc",  # co-training
+    "loss", "fake_adv_acc",  # fine-tuning
+    "eps", "gan_test_accuracy", "sample_diversity", "min_class_diversity",
+)
+
+STAGES = ("cotrain", "finetune", "done")
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (other settings, unreadable checkpoint)."""
+
+
+def prepare(out_dir, config, overwrite=False):
+    """Creates out_dir for `config`, or checks that an existing run used the same settings."""
+    path = os.path.join(out_dir, CONFIG)
+    if overwrite and os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        current = json.loads(json.dumps(config))
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if diff:
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+            raise RunDirError(f"{out_dir} holds a run with other settings ({changes}); "
+                              f"use another --out, or --overwrite to replace it")
+    else:
+        os.makedirs(os.path.join(out_dir, SAMPLES), exist_ok=True)
+        _write_json(path, config)
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def write_metrics_json(out_dir, metrics):
+    _write_json(os.path.join(out_dir, METRICS_JSON), metrics)
+
+
+def read_metrics_json(out_dir):
+    with open(os.path.join(out_dir, METRICS_JSON)) as f:
+        return json.load(f)
+
+
+def append_metrics_row(out_dir, row):
+    """Appends one epoch to metrics.csv; unknown keys are an error, missing ones stay empty."""
+    unknown = set(row) - set(METRICS_COLUMNS)
+    if unknown:
+        raise KeyError(f"metrics not in the schema: {sorted(unknown)}")
+    path = os.path.join(out_dir, METRICS_CSV)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, METRICS_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+class Progress:
+    """Where training stands, as checkpointed variables: stage, epochs done in it, batches done."""
+
+    def __init__(self):
+        self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.batch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch")
+
+    def as_dict(self):
+        return {"stage": self.stage, "epoch": self.epoch, "batch": self.batch}
+
+    @property
+    def stage_name(self):
+        return STAGES[int(self.stage.numpy())]
+
+    def next_stage(self):
+        self.stage.assign_add(1)
+        self.epoch.assign(0)
+        self.batch.assign(0)
+
+
+def checkpoint_manager(out_dir, progress, **trackables):
+    """An atomic, step-based checkpoint of models, optimizers and progress; restores the latest."""
+    ckpt = tf.train.Checkpoint(**trackables, **progress.as_dict())
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, CHECKPOINTS), max_to_keep=2)
+    if manager.latest_checkpoint:
+        try:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunDirError(f"checkpoint {manager.latest_checkpoint} cannot be restored ({first}); "
+                              f"rerun with --overwrite to start this run again") from None
+    return manager

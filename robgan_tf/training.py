@@ -1,0 +1,165 @@
+"""Rob-GAN's two training stages as `keras.Model` subclasses with their own `train_step`.
+
+`RobGAN` co-trains the generator and the two-headed discriminator on PGD-attacked real
+images and generated ones; `FineTuner` then trains only D's classifier on attacked real
+and attacked generated images, with G frozen. Both run under `tf.distribute` strategies:
+losses are averaged over the global batch and every replica draws its own random numbers.
+"""
+
+import keras
+import tensorflow as tf
+
+from robgan_tf.attacks import pgd
+from robgan_tf.models import classifier_from
+
+
+def _per_example_ce(labels, logits):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+
+
+def _per_example_bce(target, logits):
+    logits = tf.cast(logits[:, 0], tf.float32)
+    return tf.nn.sigmoid_cross_entropy_with_logits(tf.fill(tf.shape(logits), target), logits)
+
+
+def _accuracy(labels, logits):
+    return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+
+
+class _AdversarialStage(keras.Model):
+    """What both stages share: the ε warm-up, per-replica random seeds, PGD on D's class head."""
+
+    metric_names = ()
+
+    def __init__(self, generator, discriminator, *, eps, pgd_steps, pgd_step_size=None,
+                 eps_warmup_steps=0, seed=0, attack_jit=False, **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.discriminator = generator, discriminator
+        self.classifier = classifier_from(discriminator)
+        self.eps, self.pgd_steps = float(eps), int(pgd_steps)
+        self.step_size_ratio = (2.5 / max(pgd_steps, 1) if pgd_step_size is None
+                                else float(pgd_step_size) / max(self.eps, 1e-12))
+        self.eps_warmup_steps, self.seed = int(eps_warmup_steps), int(seed)
+        self.z_dim = generator.input[0].shape[-1]
+        self.num_classes = discriminator.output["cls"].shape[-1]
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in self.metric_names}
+        self._attack = tf.function(pgd, jit_compile=True) if attack_jit else pgd
+        self._logits = lambda x: self.classifier(x, training=False)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def current_eps(self, step):
+        """ε ramps linearly from 0 to its target over the first `eps_warmup_steps` steps."""
+        if self.eps_warmup_steps <= 0:
+            return tf.constant(self.eps, tf.float32)
+        frac = tf.cast(step + 1, tf.float32) / float(self.eps_warmup_steps)
+        return self.eps * tf.minimum(frac, 1.0)
+
+    def seeds(self, step, n):
+        """n stateless seeds unique to this run seed, step and replica."""
+        ctx = tf.distribute.get_replica_context()
+        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
+        base = tf.stack([tf.cast(self.seed, tf.int64) * 4096 + tf.cast(replica, tf.int64),
+                         tf.cast(step, tf.int64)])
+        return [tf.random.experimental.stateless_fold_in(base, i) for i in range(n)]
+
+    def attack(self, x, y, eps, seed):
+        return self._attack(self._logits, x, y, eps, self.pgd_steps, self.step_size_ratio * eps, seed)
+
+    def sample_inputs(self, batch, seed_z, seed_y):
+        z = tf.random.stateless_normal((batch, self.z_dim), seed_z)
+        labels = tf.random.stateless_uniform((batch,), seed_y, 0, self.num_classes, dtype=tf.int32)
+        return z, labels
+
+    def record(self, **values):
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {n: m.result() for n, m in self.trackers.items()}
+
+
+class RobGAN(_AdversarialStage):
+    """Co-training: D learns real/fake and classes on PGD-attacked real images; G fools D."""
+
+    metric_names = ("d_loss", "g_loss", "adv_acc", "fake_acc", "rf_acc", "eps")
+
+    def __init__(self, generator, discriminator, *, fake_class_weight=0.5, n_dis=1, **kwargs):
+        super().__init__(generator, discriminator, **kwargs)
+        self.fake_class_weight, self.n_dis = float(fake_class_weight), int(n_dis)
+
+    def compile(self, d_optimizer, g_optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+
+    def train_step(self, data):
+        x, y = data
+        batch = tf.shape(x)[0]
+        step = tf.convert_to_tensor(self.d_optimizer.iterations)
+        s_attack, s_z, s_y, s_z2, s_y2 = self.seeds(step, 5)
+        eps = self.current_eps(step)
+
+        x_adv = self.attack(x, y, eps, s_attack)
+        z, y_fake = self.sample_inputs(batch, s_z, s_y)
+        x_fake = self.generator([z, y_fake], training=True)
+        with tf.GradientTape() as tape:
+            real = self.discriminator(x_adv, training=True)
+            fake = self.discriminator(x_fake, training=True)
+            d_loss = tf.nn.compute_average_loss(
+                _per_example_bce(1.0, real["adv"]) + _per_example_bce(0.0, fake["adv"])
+                + _per_example_ce(y, real["cls"])
+                + self.fake_class_weight * _per_example_ce(y_fake, fake["cls"]))
+        d_vars = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+
+        if self.n_dis == 1:
+            g_loss = self._generator_step(batch, s_z2, s_y2)
+        else:
+            g_loss = tf.cond(step % self.n_dis == 0,
+                             lambda: self._generator_step(batch, s_z2, s_y2), lambda: tf.constant(0.0))
+        rf_acc = 0.5 * (tf.cast(real["adv"][:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
+        return self.record(d_loss=d_loss, g_loss=g_loss, adv_acc=_accuracy(y, real["cls"]),
+                           fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
+
+    def _generator_step(self, batch, seed_z, seed_y):
+        z, labels = self.sample_inputs(batch, seed_z, seed_y)
+        with tf.GradientTape() as tape:
+            fake = self.discriminator(self.generator([z, labels], training=True), training=True)
+            g_loss = tf.nn.compute_average_loss(
+                _per_example_bce(1.0, fake["adv"]) + _per_example_ce(labels, fake["cls"]))
+        g_vars = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+        return g_loss
+
+
+class FineTuner(_AdversarialStage):
+    """Fine-tuning ("Rob-GAN w/ FT"): CE(adv real) + λ·CE(adv fake) on D's classifier, G frozen."""
+
+    metric_names = ("loss", "adv_acc", "fake_adv_acc", "eps")
+
+    def __init__(self, generator, discriminator, *, lam=0.5, **kwargs):
+        super().__init__(generator, discriminator, **kwargs)
+        self.lam = float(lam)
+
+    def compile(self, optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.ft_optimizer = optimizer
+
+    def train_step(self, data):
+        x, y = data
+        step = tf.convert_to_tensor(self.ft_optimizer.iterations)
+        s_attack, s_fake_attack, s_z, s_y = self.seeds(step, 4)
+        eps = self.current_eps(step)
+        z, y_fake = self.sample_inputs(tf.shape(x)[0], s_z, s_y)
+        x_fake = self.generator([z, y_fake], training=False)
+        x_adv = self.attack(x, y, eps, s_attack)
+        fake_adv = self.attack(x_fake, y_fake, eps, s_fake_attack)
+        with tf.GradientTape() as tape:
+            real_logits = self.classifier(x_adv, training=True)
+            fake_logits = self.classifier(fake_adv, training=True)
+            loss = tf.nn.compute_average_loss(
+                _per_example_ce(y, real_logits) + self.lam * _per_example_ce(y_fake, fake_logits))
+        c_vars = self.classifier.trainable_variables
+        self.ft_optimizer.apply_gradients(zip(tape.gradient(loss, c_vars), c_vars))
+        return self.record(loss=loss, adv_acc=_accuracy(y, real_logits),
+                           fake_adv_acc=_accuracy(y_fake, fake_logits), eps=eps)

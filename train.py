@@ -1,0 +1,90 @@
+"""Train a robust classifier with Rob-GAN: python train.py --dataset mnist --data-dir ../shared/data"""
+
+import argparse
+import os
+import sys
+
+from robgan_tf import runner
+from robgan_tf.callbacks import TrainingDiverged
+from robgan_tf.data import DataError, load
+from robgan_tf.models import SPECTRAL_NORM_CHOICES
+from robgan_tf.rundir import RunDirError
+
+
+def _defaults(key):
+    m, c = runner.DEFAULTS["mnist"][key], runner.DEFAULTS["cifar10"][key]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return f"default: mnist {fmt(m)}, cifar10 and others {fmt(c)}"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="cifar10", help="mnist, cifar10 or any tfds image-classification name")
+    p.add_argument("--data-dir", help="folder with <dataset>_train.npz and <dataset>_test.npz "
+                                      "(arrays x uint8 NHWC, y uint8); without it, tensorflow_datasets")
+    p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir")
+    p.add_argument("--out", help="run directory (default: checkpoints/<dataset>-robgan)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    per_dataset = [
+        ("--epochs", int, "co-training epochs"),
+        ("--finetune-epochs", int, "fine-tuning epochs after co-training (G frozen)"),
+        ("--batch-size", int, "global batch size (split across replicas)"),
+        ("--eps", float, "L-inf attack radius in pixel units ([0, 1] images)"),
+        ("--pgd-steps", int, "PGD steps of the training attack"),
+        ("--eps-warmup-epochs", float, "epochs over which eps ramps linearly from 0"),
+        ("--width", int, "discriminator channels"),
+        ("--g-width", int, "generator channels"),
+        ("--depth", int, "discriminator residual blocks (the first two halve the image)"),
+        ("--d-lr", float, "discriminator Adam learning rate"),
+        ("--g-lr", float, "generator Adam learning rate"),
+        ("--finetune-lr", float, "fine-tuning Adam learning rate"),
+    ]
+    for flag, typ, text in per_dataset:
+        p.add_argument(flag, type=typ, default=None, help=f"{text} ({_defaults(flag[2:].replace('-', '_'))})")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"random crop (4-px padding) and flip ({_defaults('augment')})")
+    c = runner.COMMON
+    p.add_argument("--pgd-step-size", type=float, default=None, help="PGD step size (default 2.5*eps/steps)")
+    p.add_argument("--lam", type=float, default=c["lam"], help="weight of CE on attacked fakes in fine-tuning")
+    p.add_argument("--fake-class-weight", type=float, default=c["fake_class_weight"],
+                   help="weight of D's class loss on generated images in co-training")
+    p.add_argument("--n-dis", type=int, default=c["n_dis"], help="D updates per G update")
+    p.add_argument("--beta-1", type=float, default=c["beta_1"], help="Adam beta_1 of all optimizers")
+    p.add_argument("--spectral-norm", choices=SPECTRAL_NORM_CHOICES, default=c["spectral_norm"],
+                   help="spectral normalisation: none, the real/fake head only, or all of D")
+    p.add_argument("--train-limit", type=int, default=None, help="train on a shuffled subset of N images")
+    p.add_argument("--eval-examples", type=int, default=c["eval_examples"],
+                   help="stratified test images for the final clean/PGD-20 evaluation")
+    p.add_argument("--checkpoint-every", type=int, default=c["checkpoint_every"], help="checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=c["seed"], help="random seed")
+    p.add_argument("--distribute", choices=("none", "mirrored"), default="none",
+                   help="mirrored: tf.distribute.MirroredStrategy over all local GPUs")
+    p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
+    return p.parse_args(argv)
+
+
+def config_from(args):
+    config = runner.default_config(args.dataset)
+    for key in config:
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    config["dataset"] = args.dataset
+    return config
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = config_from(args)
+    out = args.out or os.path.join("checkpoints", f"{args.dataset}-robgan")
+    try:
+        dataset = load(args.dataset, args.data_dir, args.tfds_dir)
+        runner.train(config, dataset, out, overwrite=args.overwrite)
+    except (DataError, RunDirError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

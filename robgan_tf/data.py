@@ -98,15 +98,24 @@ def _load_tfds(name, tfds_dir):
     if "image" not in features or "label" not in features:
         raise DataError(f"tfds dataset {name!r} has no 'image' and 'label' features; "
                         f"it is not an image-classification set")
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+    try:
+        splits = [_read_split(builder, s) for s in ("train", "test")]
+    except AssertionError:  # tfds' way of saying the data is not prepared in data_dir
         if not _online():
             raise DataError(f"{name} is not prepared in {builder.data_dir} and this machine cannot "
-                            f"download it; pass --tfds-dir with a prepared copy or --data-dir with .npz files")
+                            f"download it; pass --tfds-dir with a prepared copy or --data-dir with .npz files"
+                            ) from None
         builder.download_and_prepare()
-    splits = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1)) for s in ("train", "test")]
+        splits = [_read_split(builder, s) for s in ("train", "test")]
     names = getattr(features["label"], "names", None)
-    return Dataset(name, splits[0]["image"], splits[0]["label"],
-                   splits[1]["image"], splits[1]["label"], class_names=names)
+    return Dataset(name, *splits[0], *splits[1], class_names=names)
+
+
+def _read_split(builder, split):
+    import tensorflow_datasets as tfds
+
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
+    return (np.concatenate([b["image"] for b in batches]), np.concatenate([b["label"] for b in batches]))
 
 
 def _online(host="storage.googleapis.com", timeout=3.0):

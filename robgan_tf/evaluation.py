@@ -16,6 +16,8 @@ from robgan_tf.attacks import pgd
 COLLAPSE_GAN_TEST = 0.5
 COLLAPSE_DIVERSITY = 0.3
 
+_compiled_pgd = tf.function(pgd)
+
 
 def accuracy(classifier, x, y, batch_size=500):
     """Clean accuracy of a logits classifier on uint8 or [0, 1] float images."""
@@ -34,12 +36,13 @@ def pgd_accuracy(classifier, x, y, eps, steps=20, step_size=None, restarts=1, ba
     """Accuracy under L∞ PGD (random start, worst case over restarts), model in inference mode."""
     step_size = 2.5 * eps / steps if step_size is None else step_size
     logits_fn = lambda images: classifier(images, training=False)  # noqa: E731
-    attack = tf.function(pgd)
+    eps, step_size = tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32)
     correct = 0
     for b, (xb, yb) in enumerate(data.eval_pipeline(x, y, batch_size)):
         robust = tf.ones_like(yb, tf.bool)
         for r in range(restarts):
-            x_adv = attack(logits_fn, xb, yb, eps, steps, step_size, tf.constant([seed * 7919 + r, b], tf.int64))
+            x_adv = _compiled_pgd(logits_fn, xb, yb, eps, steps, step_size,
+                                  tf.constant([seed * 7919 + r, b], tf.int64))
             robust &= _predict(classifier, x_adv) == yb
         correct += int(tf.reduce_sum(tf.cast(robust, tf.int32)))
     return correct / len(y)

@@ -114,7 +114,7 @@ def checkpoint_manager(out_dir, progress, **trackables):
     if manager.latest_checkpoint:
         try:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as e:
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RunDirError(f"checkpoint {manager.latest_checkpoint} cannot be restored ({first}); "
                               f"rerun with --overwrite to start this run again") from None

@@ -17,7 +17,7 @@ from robgan_tf.training import FineTuner, RobGAN
 # Per-dataset defaults. MNIST is sized for a 2-core CPU; CIFAR-10 is the paper-scale model.
 DEFAULTS = {
     "mnist": dict(eps=0.3, pgd_steps=10, width=32, g_width=32, depth=3, batch_size=64, epochs=3,
-                  finetune_epochs=1, eps_warmup_epochs=1.0, d_lr=1e-3, g_lr=2e-4, finetune_lr=5e-4,
+                  finetune_epochs=2, eps_warmup_epochs=1.0, d_lr=1e-3, g_lr=2e-4, finetune_lr=5e-4,
                   augment=False),
     "cifar10": dict(eps=8 / 255, pgd_steps=7, width=128, g_width=256, depth=4, batch_size=64, epochs=100,
                     finetune_epochs=10, eps_warmup_epochs=5.0, d_lr=2e-4, g_lr=2e-4, finetune_lr=1e-4,

@@ -46,6 +46,10 @@ class _AdversarialStage(keras.Model):
         self._attack = tf.function(pgd, jit_compile=True) if attack_jit else pgd
         self._logits = lambda x: self.classifier(x, training=False)
 
+    def call(self, images, training=False):
+        """Class logits of the robust classifier (D's class head)."""
+        return self.classifier(images, training=training)
+
     @property
     def metrics(self):
         return list(self.trackers.values())
@@ -105,10 +109,10 @@ class RobGAN(_AdversarialStage):
         with tf.GradientTape() as tape:
             real = self.discriminator(x_adv, training=True)
             fake = self.discriminator(x_fake, training=True)
-            d_loss = tf.nn.compute_average_loss(
-                _per_example_bce(1.0, real["adv"]) + _per_example_bce(0.0, fake["adv"])
-                + _per_example_ce(y, real["cls"])
-                + self.fake_class_weight * _per_example_ce(y_fake, fake["cls"]))
+            d_losses = (_per_example_bce(1.0, real["adv"]) + _per_example_bce(0.0, fake["adv"])
+                        + _per_example_ce(y, real["cls"])
+                        + self.fake_class_weight * _per_example_ce(y_fake, fake["cls"]))
+            d_loss = tf.nn.compute_average_loss(d_losses)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
 
@@ -118,18 +122,18 @@ class RobGAN(_AdversarialStage):
             g_loss = tf.cond(step % self.n_dis == 0,
                              lambda: self._generator_step(batch, s_z2, s_y2), lambda: tf.constant(0.0))
         rf_acc = 0.5 * (tf.cast(real["adv"][:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
-        return self.record(d_loss=d_loss, g_loss=g_loss, adv_acc=_accuracy(y, real["cls"]),
+        return self.record(d_loss=tf.reduce_mean(d_losses), g_loss=g_loss, adv_acc=_accuracy(y, real["cls"]),
                            fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
 
     def _generator_step(self, batch, seed_z, seed_y):
         z, labels = self.sample_inputs(batch, seed_z, seed_y)
         with tf.GradientTape() as tape:
             fake = self.discriminator(self.generator([z, labels], training=True), training=True)
-            g_loss = tf.nn.compute_average_loss(
-                _per_example_bce(1.0, fake["adv"]) + _per_example_ce(labels, fake["cls"]))
+            g_losses = _per_example_bce(1.0, fake["adv"]) + _per_example_ce(labels, fake["cls"])
+            g_loss = tf.nn.compute_average_loss(g_losses)
         g_vars = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
-        return g_loss
+        return tf.reduce_mean(g_losses)
 
 
 class FineTuner(_AdversarialStage):
@@ -157,9 +161,9 @@ class FineTuner(_AdversarialStage):
         with tf.GradientTape() as tape:
             real_logits = self.classifier(x_adv, training=True)
             fake_logits = self.classifier(fake_adv, training=True)
-            loss = tf.nn.compute_average_loss(
-                _per_example_ce(y, real_logits) + self.lam * _per_example_ce(y_fake, fake_logits))
+            losses = _per_example_ce(y, real_logits) + self.lam * _per_example_ce(y_fake, fake_logits)
+            loss = tf.nn.compute_average_loss(losses)
         c_vars = self.classifier.trainable_variables
         self.ft_optimizer.apply_gradients(zip(tape.gradient(loss, c_vars), c_vars))
-        return self.record(loss=loss, adv_acc=_accuracy(y, real_logits),
+        return self.record(loss=tf.reduce_mean(losses), adv_acc=_accuracy(y, real_logits),
                            fake_adv_acc=_accuracy(y_fake, fake_logits), eps=eps)

@@ -1,0 +1,57 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from robgan_tf.data import Dataset  # noqa: E402
+
+
+def make_images(n, size=16, channels=1, num_classes=4, seed=0):
+    """Tiny learnable images: class c is a bright square in a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = rng.integers(0, 60, (n, size, size, channels))
+    half = size // 2
+    for i, c in enumerate(y):
+        r, q = divmod(int(c) % 4, 2)
+        x[i, r * half + 2:r * half + half - 2, q * half + 2:q * half + half - 2] += 180
+    return x.clip(0, 255).astype(np.uint8), y.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    x, y = make_images(512, seed=0)
+    x_test, y_test = make_images(128, seed=1)
+    return Dataset("tiny", x, y, x_test, y_test)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory, tiny_dataset):
+    """A --data-dir holding tiny_train.npz / tiny_test.npz."""
+    d = tmp_path_factory.mktemp("data")
+    np.savez(d / "tiny_train.npz", x=tiny_dataset.x_train, y=tiny_dataset.y_train.astype(np.uint8))
+    np.savez(d / "tiny_test.npz", x=tiny_dataset.x_test, y=tiny_dataset.y_test.astype(np.uint8))
+    return d
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tiny_dataset):
+    """A small plain (non-robust) classifier that gets the tiny test set right."""
+    import keras
+
+    from robgan_tf import data
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input(tiny_dataset.image_shape),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(4),
+        keras.layers.Flatten(),
+        keras.layers.Dense(tiny_dataset.num_classes),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.train_pipeline(tiny_dataset.x_train, tiny_dataset.y_train, 64), epochs=5, verbose=0)
+    return model

@@ -1,0 +1,124 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+import train
+from robgan_tf import data, rundir
+from robgan_tf.callbacks import StepCheckpoint
+
+TINY = ["--dataset", "tiny", "--width", "4", "--g-width", "4", "--depth", "2", "--batch-size", "32",
+        "--pgd-steps", "2", "--eps", "0.1", "--eval-examples", "40", "--train-limit", "128",
+        "--eps-warmup-epochs", "0.5"]
+
+
+def run(data_dir, out, *extra):
+    return train.main(TINY + ["--data-dir", str(data_dir), "--out", str(out), *extra])
+
+
+def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--epochs", "2", "--finetune-epochs", "1") == 0
+    for name in (rundir.CONFIG, rundir.GENERATOR, rundir.DISCRIMINATOR, rundir.CLASSIFIER,
+                 rundir.METRICS_CSV, rundir.METRICS_JSON, "samples/epoch_001.png", "samples/epoch_003.png"):
+        assert (out / name).is_file(), name
+    assert any((out / rundir.LOGS).rglob("events.out.tfevents*"))
+    metrics = json.loads((out / rundir.METRICS_JSON).read_text())
+    for key in ("clean_accuracy", "pgd20_accuracy", "gan_test_accuracy", "sample_diversity"):
+        assert 0.0 <= metrics[key] <= (1.0 if key != "sample_diversity" else 10.0), key
+    assert metrics["eps"] == pytest.approx(0.1) and metrics["eval_split"] == "test"
+    rows = (out / rundir.METRICS_CSV).read_text().splitlines()
+    assert rows[0].split(",") == list(rundir.METRICS_COLUMNS)
+    assert [r.split(",")[:2] for r in rows[1:]] == [["cotrain", "1"], ["cotrain", "2"], ["finetune", "3"]]
+
+    import keras
+    classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
+    assert classifier.output.shape[-1] == 4
+    capsys.readouterr()
+    assert run(tiny_data_dir, out, "--epochs", "2", "--finetune-epochs", "1") == 0
+    assert "is finished" in capsys.readouterr().out
+
+
+def test_rerun_with_other_settings_is_refused(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "0") == 0
+    assert run(tiny_data_dir, out, "--epochs", "2", "--finetune-epochs", "0") == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "epochs: 1 -> 2" in err and "--overwrite" in err
+    assert run(tiny_data_dir, out, "--epochs", "2", "--finetune-epochs", "0", "--overwrite") == 0
+
+
+def test_interrupted_run_resumes_from_the_last_checkpoint(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    original = StepCheckpoint.on_train_batch_end
+
+    def crash_after_second_save(self, batch, logs=None):
+        original(self, batch, logs)
+        if int(self.progress.epoch.numpy()) == 1 and int(self.progress.batch.numpy()) == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", crash_after_second_save)
+    args = ("--epochs", "2", "--finetune-epochs", "0", "--checkpoint-every", "2")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_data_dir, out, *args)
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", original)
+    capsys.readouterr()
+    assert run(tiny_data_dir, out, *args) == 0
+    assert "resuming cotrain epoch 2 at batch 2/4" in capsys.readouterr().out
+    rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["1", "2"]
+
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(out / rundir.CHECKPOINTS))
+    steps = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "iteration" in k}
+    d_steps = [v for k, v in steps.items() if k.startswith("d_optimizer")]
+    assert d_steps == [8], f"2 epochs x 4 batches, no batch repeated or skipped: {steps}"
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "0") == 0
+    for f in (out / rundir.CHECKPOINTS).glob("*.data-*"):
+        f.write_bytes(b"garbage")
+    assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "0") == 1
+    err = capsys.readouterr().err
+    assert "cannot be restored" in err and "--overwrite" in err
+
+
+def test_missing_data_file_gives_one_clear_line(tmp_path, capsys):
+    assert train.main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing data file" in err[0] and "mnist_train.npz" in err[0]
+
+
+def test_unknown_dataset_name_is_a_clear_error():
+    with pytest.raises(data.DataError, match="unknown dataset 'no_such_set'"):
+        data.load("no_such_set")
+
+
+@pytest.mark.parametrize("x, y, message", [
+    (np.zeros((4, 16, 16, 2), np.uint8), np.zeros(4, np.uint8), "C in \\(1, 3\\)"),
+    (np.zeros((4, 16, 16, 1), np.float32), np.zeros(4, np.uint8), "uint8"),
+    (np.zeros((4, 16, 16, 1), np.uint8), np.zeros(3, np.uint8), "labels"),
+])
+def test_bad_arrays_are_rejected(tmp_path, x, y, message):
+    for split in ("train", "test"):
+        np.savez(tmp_path / f"bad_{split}.npz", x=x, y=y)
+    with pytest.raises(data.DataError, match=message):
+        data.load("bad", str(tmp_path))
+
+
+def test_tfds_path_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=30):
+        ds = data.load("mnist", tfds_dir="/nonexistent-tfds-dir")
+    assert ds.image_shape == (28, 28, 1) and ds.x_train.dtype == np.uint8
+    assert len(ds.y_train) == 30 and ds.class_names[:2] == ["0", "1"]
+
+
+def test_unprepared_tfds_dataset_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_online", lambda: False)
+    with pytest.raises(data.DataError, match="not prepared .* cannot download"):
+        data.load("mnist", tfds_dir=str(tmp_path))

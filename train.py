@@ -9,6 +9,7 @@ from robgan_tf.callbacks import TrainingDiverged
 from robgan_tf.data import DataError, load
 from robgan_tf.models import SPECTRAL_NORM_CHOICES
 from robgan_tf.rundir import RunDirError
+from robgan_tf.training import REAL_INPUTS
 
 
 def _defaults(key):
@@ -43,6 +44,9 @@ def parse_args(argv=None):
         p.add_argument(flag, type=typ, default=None, help=f"{text} ({_defaults(flag[2:].replace('-', '_'))})")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help=f"random crop (4-px padding) and flip ({_defaults('augment')})")
+    p.add_argument("--real-rf-input", choices=REAL_INPUTS, default=None,
+                   help="real images D's real/fake head sees: PGD-attacked (the paper) or clean "
+                        f"({_defaults('real_rf_input')})")
     c = runner.COMMON
     p.add_argument("--pgd-step-size", type=float, default=None, help="PGD step size (default 2.5*eps/steps)")
     p.add_argument("--lam", type=float, default=c["lam"], help="weight of CE on attacked fakes in fine-tuning")

@@ -18,10 +18,10 @@ from robgan_tf.training import FineTuner, RobGAN
 DEFAULTS = {
     "mnist": dict(eps=0.3, pgd_steps=10, width=32, g_width=32, depth=3, batch_size=64, epochs=3,
                   finetune_epochs=2, eps_warmup_epochs=1.0, d_lr=1e-3, g_lr=2e-4, finetune_lr=5e-4,
-                  augment=False),
+                  augment=False, real_rf_input="clean"),
     "cifar10": dict(eps=8 / 255, pgd_steps=7, width=128, g_width=256, depth=4, batch_size=64, epochs=100,
                     finetune_epochs=10, eps_warmup_epochs=5.0, d_lr=2e-4, g_lr=2e-4, finetune_lr=1e-4,
-                    augment=True),
+                    augment=True, real_rf_input="adversarial"),
 }
 COMMON = dict(pgd_step_size=None, lam=0.5, fake_class_weight=0.5, n_dis=1, beta_1=0.5, beta_2=0.999,
               spectral_norm="head", z_dim=128, train_limit=None, seed=0, eval_examples=1000,
@@ -45,6 +45,10 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     """Trains (or resumes, or just reports) the run in out_dir; returns the final metrics."""
     rundir.prepare(out_dir, config, overwrite)
     keras.utils.set_random_seed(config["seed"])
+    x, y = data.subset(dataset.x_train, dataset.y_train, config["train_limit"], config["seed"])
+    steps = len(y) // config["batch_size"]
+    if steps == 0:
+        raise ValueError(f"--batch-size {config['batch_size']} is larger than the {len(y)} training images")
     strategy = make_strategy(config["distribute"])
     with strategy.scope():
         generator = models.build_generator(dataset.image_shape, dataset.num_classes,
@@ -52,7 +56,10 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
         discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes,
                                                    config["width"], config["depth"], config["spectral_norm"])
         adam = lambda lr: keras.optimizers.Adam(lr, config["beta_1"], config["beta_2"])  # noqa: E731
-        d_opt, g_opt, ft_opt = adam(config["d_lr"]), adam(config["g_lr"]), adam(config["finetune_lr"])
+        d_opt, g_opt = adam(config["d_lr"]), adam(config["g_lr"])
+        # Fine-tuning anneals its learning rate to 0 (cosine) over the whole stage.
+        ft_opt = adam(keras.optimizers.schedules.CosineDecay(
+            config["finetune_lr"], max(1, steps * config["finetune_epochs"])))
         classifier = models.classifier_from(discriminator)
         d_opt.build(discriminator.trainable_variables)
         g_opt.build(generator.trainable_variables)
@@ -73,11 +80,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
 
     quality = evaluation.GeneratorQuality(dataset, _reference_classifier(dataset, out_dir, config["seed"]),
                                           seed=config["seed"])
-    x, y = data.subset(dataset.x_train, dataset.y_train, config["train_limit"], config["seed"])
     pipeline = data.train_pipeline(x, y, config["batch_size"], config["augment"], config["seed"])
-    steps = len(y) // config["batch_size"]
-    if steps == 0:
-        raise ValueError(f"--batch-size {config['batch_size']} is larger than the {len(y)} training images")
     stage_args = dict(eps=config["eps"], pgd_steps=config["pgd_steps"], pgd_step_size=config["pgd_step_size"],
                       seed=config["seed"], attack_jit=config["xla"] and config["distribute"] != "none")
     jit = config["xla"] and config["distribute"] == "none"
@@ -86,7 +89,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     if progress.stage_name == "cotrain":
         with strategy.scope():
             model = RobGAN(generator, discriminator, fake_class_weight=config["fake_class_weight"],
-                           n_dis=config["n_dis"], eps_warmup_steps=round(config["eps_warmup_epochs"] * steps),
+                           n_dis=config["n_dis"], real_rf_input=config["real_rf_input"],
+                           eps_warmup_steps=round(config["eps_warmup_epochs"] * steps),
                            **stage_args)
             model.compile(d_optimizer=d_opt, g_optimizer=g_opt, jit_compile=jit)
         _fit_stage(model, pipeline, steps, config["epochs"], 0, "cotrain", progress, manager, save_models,

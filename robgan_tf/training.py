@@ -83,14 +83,22 @@ class _AdversarialStage(keras.Model):
         return {n: m.result() for n, m in self.trackers.items()}
 
 
+REAL_INPUTS = ("adversarial", "clean")
+
+
 class RobGAN(_AdversarialStage):
-    """Co-training: D learns real/fake and classes on PGD-attacked real images; G fools D."""
+    """Co-training: D learns classes on PGD-attacked real images and real/fake on real images
+    (attacked too, unless `real_rf_input="clean"`) and generated ones; G fools D."""
 
     metric_names = ("d_loss", "g_loss", "adv_acc", "fake_acc", "rf_acc", "eps")
 
-    def __init__(self, generator, discriminator, *, fake_class_weight=0.5, n_dis=1, **kwargs):
+    def __init__(self, generator, discriminator, *, fake_class_weight=0.5, n_dis=1,
+                 real_rf_input="adversarial", **kwargs):
         super().__init__(generator, discriminator, **kwargs)
+        if real_rf_input not in REAL_INPUTS:
+            raise ValueError(f"real_rf_input must be one of {REAL_INPUTS}, got {real_rf_input!r}")
         self.fake_class_weight, self.n_dis = float(fake_class_weight), int(n_dis)
+        self.real_rf_input = real_rf_input
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)
@@ -108,8 +116,10 @@ class RobGAN(_AdversarialStage):
         x_fake = self.generator([z, y_fake], training=True)
         with tf.GradientTape() as tape:
             real = self.discriminator(x_adv, training=True)
+            real_rf = (self.discriminator(x, training=True)["adv"] if self.real_rf_input == "clean"
+                       else real["adv"])
             fake = self.discriminator(x_fake, training=True)
-            d_losses = (_per_example_bce(1.0, real["adv"]) + _per_example_bce(0.0, fake["adv"])
+            d_losses = (_per_example_bce(1.0, real_rf) + _per_example_bce(0.0, fake["adv"])
                         + _per_example_ce(y, real["cls"])
                         + self.fake_class_weight * _per_example_ce(y_fake, fake["cls"]))
             d_loss = tf.nn.compute_average_loss(d_losses)
@@ -121,7 +131,7 @@ class RobGAN(_AdversarialStage):
         else:
             g_loss = tf.cond(step % self.n_dis == 0,
                              lambda: self._generator_step(batch, s_z2, s_y2), lambda: tf.constant(0.0))
-        rf_acc = 0.5 * (tf.cast(real["adv"][:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
+        rf_acc = 0.5 * (tf.cast(real_rf[:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
         return self.record(d_loss=tf.reduce_mean(d_losses), g_loss=g_loss, adv_acc=_accuracy(y, real["cls"]),
                            fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
 

@@ -122,3 +122,25 @@ def test_unprepared_tfds_dataset_offline_is_a_clear_error(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "_online", lambda: False)
     with pytest.raises(data.DataError, match="not prepared .* cannot download"):
         data.load("mnist", tfds_dir=str(tmp_path))
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+        tiny_data_dir, tmp_path, capsys, monkeypatch):
+    from robgan_tf.callbacks import NonFiniteGuard
+
+    out = tmp_path / "run"
+    original = NonFiniteGuard.on_train_batch_end
+
+    def nan_at_third_batch(self, batch, logs=None):
+        if batch == 2:
+            logs = {**logs, "d_loss": float("nan")}
+        original(self, batch, logs)
+
+    monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", nan_at_third_batch)
+    args = ("--epochs", "1", "--finetune-epochs", "0", "--checkpoint-every", "2")
+    assert run(tiny_data_dir, out, *args) == 1
+    err = capsys.readouterr().err
+    assert "d_loss became nan" in err and "last good checkpoint" in err
+    monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", original)
+    assert run(tiny_data_dir, out, *args) == 0
+    assert "resuming cotrain epoch 1 at batch 2/4" in capsys.readouterr().out

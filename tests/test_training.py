@@ -25,10 +25,11 @@ def _changed(before, model):
     return [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf.function", "xla"])
-def test_robgan_step_updates_both_models_with_finite_metrics(tiny_dataset, jit_compile):
+@pytest.mark.parametrize("jit_compile, real_rf_input", [(False, "adversarial"), (True, "adversarial"),
+                                                         (False, "clean")], ids=["tf.function", "xla", "clean-rf"])
+def test_robgan_step_updates_both_models_with_finite_metrics(tiny_dataset, jit_compile, real_rf_input):
     g, d = _models(tiny_dataset)
-    model = RobGAN(g, d, eps=0.1, pgd_steps=3)
+    model = RobGAN(g, d, eps=0.1, pgd_steps=3, real_rf_input=real_rf_input)
     model.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3),
                   jit_compile=jit_compile)
     g0, d0 = _weights(g), _weights(d)

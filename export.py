@@ -8,14 +8,13 @@ import sys
 import keras
 
 from robgan_tf import rundir
-from robgan_tf.data import CLASS_NAMES
 from robgan_tf.export import export_classifier
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", required=True, help="run directory written by train.py")
-    p.add_argument("--out", default="exports", help="TF Serving model base path")
+    p.add_argument("--out", default="exports", help="TF Serving model base path (default: exports)")
     p.add_argument("--name", help="model name (default: <dataset>_robgan)")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     args = p.parse_args(argv)
@@ -24,12 +23,11 @@ def main(argv=None):
         print(f"error: {classifier_path} not found; --model must be a run directory of train.py", file=sys.stderr)
         return 1
     with open(os.path.join(args.model, rundir.CONFIG)) as f:
-        dataset = json.load(f)["dataset"]
+        config = json.load(f)
     classifier = keras.saving.load_model(classifier_path)
-    num_classes = classifier.output.shape[-1]
-    names = CLASS_NAMES.get(dataset) or [str(i) for i in range(num_classes)]
+    name = args.name or f"{config['dataset']}_robgan"
     try:
-        path = export_classifier(classifier, names, args.out, args.name or f"{dataset}_robgan", args.version)
+        path = export_classifier(classifier, config["class_names"], args.out, name, args.version)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -18,8 +18,15 @@ def _defaults(key):
     return f"default: mnist {fmt(m)}, cifar10 and others {fmt(c)}"
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to flags whose help does not already name their default."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     p.add_argument("--dataset", default="cifar10", help="mnist, cifar10 or any tfds image-classification name")
     p.add_argument("--data-dir", help="folder with <dataset>_train.npz and <dataset>_test.npz "
                                       "(arrays x uint8 NHWC, y uint8); without it, tensorflow_datasets")
@@ -61,8 +68,9 @@ def parse_args(argv=None):
                    help="stratified test images for the final clean/PGD-20 evaluation")
     p.add_argument("--checkpoint-every", type=int, default=c["checkpoint_every"], help="checkpoint every N steps")
     p.add_argument("--seed", type=int, default=c["seed"], help="random seed")
-    p.add_argument("--distribute", choices=("none", "mirrored"), default="none",
-                   help="mirrored: tf.distribute.MirroredStrategy over all local GPUs")
+    p.add_argument("--distribute", choices=("none", "mirrored", "multiworker"), default="none",
+                   help="mirrored: tf.distribute.MirroredStrategy over all local GPUs; multiworker: "
+                        "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (see README)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
     return p.parse_args(argv)
 

@@ -3,10 +3,16 @@
 import tensorflow as tf
 
 
+def default_step_size(eps, steps):
+    """PGD's usual step: 2.5 * eps / steps, enough to cross the ball and come back."""
+    return 2.5 * eps / max(steps, 1)
+
+
 def pgd(logits_fn, x, y, eps, steps, step_size, seed):
     """Projected gradient ascent on the cross-entropy from a uniform random start in the eps-ball.
 
     `logits_fn` must run the model in inference mode; `seed` is a stateless seed of shape [2].
+    The perturbation and the loss are float32 whatever the model computes in.
     The result stays within `eps` of x (L-infinity) and in [0, 1], and carries no gradient.
     """
     x = tf.convert_to_tensor(x, tf.float32)

@@ -34,11 +34,15 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class StepCheckpoint(keras.callbacks.Callback):
-    """Saves the training checkpoint every `every` batches and at each epoch end (models too)."""
+    """Saves the training checkpoint every `every` batches and at each epoch end, with the models.
 
-    def __init__(self, manager, progress, every, save_models, batch_offset=0):
+    The last batch of an epoch is saved by the epoch end only, so a checkpoint taken mid-epoch
+    always has batches left to run.
+    """
+
+    def __init__(self, manager, progress, every, steps, save_models, batch_offset=0):
         super().__init__()
-        self.manager, self.progress, self.every = manager, progress, every
+        self.manager, self.progress, self.every, self.steps = manager, progress, every, steps
         self.save_models, self.batch_offset = save_models, batch_offset
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -47,7 +51,7 @@ class StepCheckpoint(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         done = self.batch_offset + batch + 1
         self.progress.batch.assign(done)
-        if self.every and done % self.every == 0:
+        if self.every and done % self.every == 0 and done < self.steps:
             self.manager.save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -59,8 +63,8 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 
 class EpochReport(keras.callbacks.Callback):
-    """At each epoch end: a sample grid, generator quality (with a loud collapse warning),
-    and one row of metrics.csv; the quality numbers also go to the epoch logs."""
+    """At each epoch end: a sample grid, generator quality (`quality(generator)`, with a loud
+    collapse warning), and one row of metrics.csv; the quality numbers also go to the epoch logs."""
 
     def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names):
         super().__init__()

@@ -98,6 +98,10 @@ def _load_tfds(name, tfds_dir):
     if "image" not in features or "label" not in features:
         raise DataError(f"tfds dataset {name!r} has no 'image' and 'label' features; "
                         f"it is not an image-classification set")
+    missing = {"train", "test"} - set(builder.info.splits)
+    if builder.info.splits and missing:  # splits are known once the set is prepared
+        raise DataError(f"tfds dataset {name!r} has no {' or '.join(sorted(missing))} split "
+                        f"(it has {', '.join(builder.info.splits)}); use --data-dir with npz files instead")
     try:
         splits = [_read_split(builder, s) for s in ("train", "test")]
     except AssertionError:  # tfds' way of saying the data is not prepared in data_dir
@@ -114,7 +118,11 @@ def _load_tfds(name, tfds_dir):
 def _read_split(builder, split):
     import tensorflow_datasets as tfds
 
-    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
+    try:
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
+    except (tf.errors.InvalidArgumentError, ValueError) as e:
+        raise DataError(f"{builder.name}/{split} cannot be read as one array of images (images of "
+                        f"different sizes?): {str(e).splitlines()[0]}") from None
     return (np.concatenate([b["image"] for b in batches]), np.concatenate([b["label"] for b in batches]))
 
 
@@ -145,27 +153,41 @@ def to_float(x):
     return tf.cast(x, tf.float32)
 
 
-def train_pipeline(x, y, batch_size, augment=False, seed=0):
-    """Shuffled, optionally augmented (4-px pad + crop, flip), batched, prefetched training data."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).cache()
-    ds = ds.shuffle(min(len(y), 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+class TrainData:
+    """Training batches whose order and augmentation depend only on (seed, epoch, batch index):
+    a run resumed mid-epoch sees exactly the batches an uninterrupted run would have seen."""
 
-    def prepare(images, labels):
-        images = to_float(images)
-        if augment:
-            images = _augment(images)
-        return images, labels
+    def __init__(self, x, y, batch_size, augment=False, seed=0):
+        self.x, self.y = tf.constant(x), tf.constant(y.astype(np.int32))
+        self.size, self.batch_size, self.augment, self.seed = len(y), batch_size, augment, seed
+        self.steps = len(y) // batch_size
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def epochs(self, first, last, skip=0):
+        """Batches of epochs first..last-1 (float32 images in [0, 1], int32 labels), shuffled
+        afresh each epoch; the first `skip` batches of the first epoch are left out."""
+        used = self.steps * self.batch_size
+        order = np.concatenate([np.random.default_rng([self.seed, epoch]).permutation(self.size)[:used]
+                                .reshape(self.steps, self.batch_size) for epoch in range(first, last)])
+        seeds = np.array([[self.seed * 1_000_003 + epoch, i] for epoch in range(first, last)
+                          for i in range(self.steps)], np.int64)
+        batches = tf.data.Dataset.from_tensor_slices((order[skip:].astype(np.int32), seeds[skip:]))
+        return batches.map(self._prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def _prepare(self, indices, seed):
+        images = to_float(tf.gather(self.x, indices))
+        return (_augment(images, seed) if self.augment else images), tf.gather(self.y, indices)
 
 
-def _augment(images):
-    """Random crop after 4-pixel reflection padding and random horizontal flip, per image."""
+def _augment(images, seed):
+    """Per image: random crop after 4-pixel reflection padding, random horizontal flip (stateless)."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.shape(images)
     padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-    crops = tf.map_fn(lambda im: tf.image.random_crop(im, shape[1:]), padded)
-    return tf.image.random_flip_left_right(crops)
+    offsets = tf.random.stateless_uniform((shape[0], 2), crop_seed, 0, 9, dtype=tf.int32)
+    crops = tf.map_fn(lambda a: tf.slice(a[0], [a[1][0], a[1][1], 0], shape[1:]), (padded, offsets),
+                      fn_output_signature=tf.float32)
+    flip = tf.random.stateless_uniform((shape[0], 1, 1, 1), flip_seed) < 0.5
+    return tf.where(flip, tf.reverse(crops, axis=[2]), crops)
 
 
 def eval_pipeline(x, y, batch_size):

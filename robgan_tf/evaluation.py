@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from robgan_tf import data
-from robgan_tf.attacks import pgd
+from robgan_tf.attacks import default_step_size, pgd
 
 COLLAPSE_GAN_TEST = 0.5
 COLLAPSE_DIVERSITY = 0.3
@@ -34,7 +34,7 @@ def _predict(classifier, x):
 
 def pgd_accuracy(classifier, x, y, eps, steps=20, step_size=None, restarts=1, batch_size=500, seed=0):
     """Accuracy under L∞ PGD (random start, worst case over restarts), model in inference mode."""
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
     logits_fn = lambda images: classifier(images, training=False)  # noqa: E731
     eps, step_size = tf.constant(eps, tf.float32), tf.constant(step_size, tf.float32)
     correct = 0
@@ -59,14 +59,15 @@ def build_reference_classifier(image_shape, num_classes):
     return keras.Model(inputs, keras.layers.Dense(num_classes)(h), name="gan_test_classifier")
 
 
-def train_reference_classifier(dataset, epochs=2, limit=20_000, seed=0):
+def train_reference_classifier(dataset, epochs=2, limit=20_000, seed=0, verbose="auto"):
     """Trains the GAN-test classifier briefly on real training images; returns (model, test acc)."""
     keras.utils.set_random_seed(seed)
     model = build_reference_classifier(dataset.image_shape, dataset.num_classes)
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = data.subset(dataset.x_train, dataset.y_train, limit, seed)
-    model.fit(data.train_pipeline(x, y, 128, augment=False, seed=seed), epochs=epochs, verbose=0)
+    batches = data.TrainData(x, y, 128, seed=seed)
+    model.fit(batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps, verbose=verbose)
     x_test, y_test = data.subset(dataset.x_test, dataset.y_test, 2000, seed)
     return model, accuracy(model, x_test, y_test)
 
@@ -104,22 +105,30 @@ class GeneratorQuality:
         self.seed = seed
         x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
         self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
+        self.reference_accuracy = accuracy(reference_classifier,
+                                           *data.subset(dataset.x_test, dataset.y_test, 2000, seed))
 
     def __call__(self, generator):
         samples = generate(generator, self.labels, self.seed)
         gan_test = accuracy(self.reference, samples, self.labels)
         ratio = per_class_diversity(samples, self.labels) / np.maximum(self.real_diversity, 1e-12)
         return {"gan_test_accuracy": gan_test, "sample_diversity": float(ratio.mean()),
-                "min_class_diversity": float(ratio.min())}
+                "min_class_diversity": float(ratio.min()), "gan_test_reference_accuracy": self.reference_accuracy}
 
 
 def collapse_warning(quality):
-    """A loud message when the quality numbers signal a collapsed or unconditional generator."""
+    """A loud message when the quality numbers signal a collapsed or unconditional generator.
+
+    GAN-test accuracy is judged against what the reference classifier scores on real test images
+    (it cannot recognise samples better than real images): below half of that is a warning.
+    """
     problems = []
     if quality["sample_diversity"] < COLLAPSE_DIVERSITY:
         problems.append(f"sample diversity {quality['sample_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
-    if quality["gan_test_accuracy"] < COLLAPSE_GAN_TEST:
-        problems.append(f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {COLLAPSE_GAN_TEST})")
+    limit = COLLAPSE_GAN_TEST * quality.get("gan_test_reference_accuracy", 1.0)
+    if quality["gan_test_accuracy"] < limit:
+        problems.append(f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {limit:.2f}, half the "
+                        f"reference classifier's accuracy on real images)")
     if not problems:
         return None
     return ("WARNING: GENERATOR COLLAPSE SUSPECTED: " + "; ".join(problems) +

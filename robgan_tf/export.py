@@ -46,8 +46,10 @@ def export_classifier(classifier, class_names, root, model_name, version=None):
                          input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="images")])
     archive.add_endpoint("serving_uint8", lambda images: predict(tf.cast(images, tf.float32) / 255.0),
                          input_signature=[tf.TensorSpec((None, *shape), tf.uint8, name="images")])
-    archive.write_out(path, verbose=False)
-    extra = os.path.join(path, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    classifier.save(os.path.join(extra, "classifier.keras"))
+    # TF Serving polls model_dir for integer folders: write under another name, then rename.
+    tmp = os.path.join(model_dir, f"tmp-{version}")
+    archive.write_out(tmp, verbose=False)
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    classifier.save(os.path.join(tmp, "assets.extra", "classifier.keras"))
+    os.rename(tmp, path)
     return path

@@ -168,8 +168,8 @@ def build_generator(image_shape, num_classes, width=64, z_dim=128):
     for i in range(ups):
         h = GeneratorBlock(width, num_classes, name=f"up{i}")([h, y])
     h = layers.ReLU()(layers.BatchNormalization(name="out_bn")(h))
-    h = layers.Conv2D(image_shape[-1], 3, padding="same", activation="tanh", name="out_conv")(h)
-    image = layers.Rescaling(0.5, offset=0.5, name="image")(h)
+    h = layers.Conv2D(image_shape[-1], 3, padding="same", activation="tanh", name="out_conv", dtype="float32")(h)
+    image = layers.Rescaling(0.5, offset=0.5, name="image", dtype="float32")(h)
     return keras.Model([z, y], image, name="generator")
 
 
@@ -186,9 +186,10 @@ def build_discriminator(image_shape, num_classes, width=64, depth=4, spectral_no
         h = DiscriminatorBlock(width, downsample=i < 2, first=i == 0, spectral_norm=sn_trunk,
                                name=f"block{i}")(h)
     features = GlobalSumPooling(name="sum_pool")(layers.ReLU()(h))
-    adv = (layers.SpectralNormalization(layers.Dense(1), name="adv") if spectral_norm != "none"
-           else layers.Dense(1, name="adv"))
-    outputs = {"adv": adv(features), "cls": layers.Dense(num_classes, name="cls")(features)}
+    # Heads in float32 so that logits stay float32 under a mixed-precision policy.
+    adv = (layers.SpectralNormalization(layers.Dense(1, dtype="float32"), name="adv", dtype="float32")
+           if spectral_norm != "none" else layers.Dense(1, name="adv", dtype="float32"))
+    outputs = {"adv": adv(features), "cls": layers.Dense(num_classes, name="cls", dtype="float32")(features)}
     return keras.Model(x, outputs, name="discriminator")
 
 

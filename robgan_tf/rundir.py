@@ -63,6 +63,13 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+def save_model(model, out_dir, name):
+    """Saves a Keras model as out_dir/name atomically (a crash never leaves half a file)."""
+    tmp = os.path.join(out_dir, "tmp_" + name)
+    model.save(tmp)
+    os.replace(tmp, os.path.join(out_dir, name))
+
+
 def write_metrics_json(out_dir, metrics):
     _write_json(os.path.join(out_dir, METRICS_JSON), metrics)
 
@@ -107,15 +114,20 @@ class Progress:
         self.batch.assign(0)
 
 
-def checkpoint_manager(out_dir, progress, **trackables):
-    """An atomic, step-based checkpoint of models, optimizers and progress; restores the latest."""
+def checkpoint_manager(out_dir, progress, restore_from=None, **trackables):
+    """An atomic, step-based checkpoint of models, optimizers and progress in out_dir.
+
+    Restores the latest checkpoint of `restore_from` (default out_dir): in a multi-worker run
+    every worker saves its own copy but all restore the chief's.
+    """
     ckpt = tf.train.Checkpoint(**trackables, **progress.as_dict())
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, CHECKPOINTS), max_to_keep=2)
-    if manager.latest_checkpoint:
+    latest = tf.train.latest_checkpoint(os.path.join(restore_from or out_dir, CHECKPOINTS))
+    if latest:
         try:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            ckpt.restore(latest).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RunDirError(f"checkpoint {manager.latest_checkpoint} cannot be restored ({first}); "
+            raise RunDirError(f"checkpoint {latest} cannot be restored ({first}); "
                               f"rerun with --overwrite to start this run again") from None
     return manager

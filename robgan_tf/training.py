@@ -9,7 +9,7 @@ losses are averaged over the global batch and every replica draws its own random
 import keras
 import tensorflow as tf
 
-from robgan_tf.attacks import pgd
+from robgan_tf.attacks import default_step_size, pgd
 from robgan_tf.models import classifier_from
 
 
@@ -37,7 +37,7 @@ class _AdversarialStage(keras.Model):
         self.generator, self.discriminator = generator, discriminator
         self.classifier = classifier_from(discriminator)
         self.eps, self.pgd_steps = float(eps), int(pgd_steps)
-        self.step_size_ratio = (2.5 / max(pgd_steps, 1) if pgd_step_size is None
+        self.step_size_ratio = (default_step_size(1.0, pgd_steps) if pgd_step_size is None
                                 else float(pgd_step_size) / max(self.eps, 1e-12))
         self.eps_warmup_steps, self.seed = int(eps_warmup_steps), int(seed)
         self.z_dim = generator.input[0].shape[-1]
@@ -88,7 +88,9 @@ REAL_INPUTS = ("adversarial", "clean")
 
 class RobGAN(_AdversarialStage):
     """Co-training: D learns classes on PGD-attacked real images and real/fake on real images
-    (attacked too, unless `real_rf_input="clean"`) and generated ones; G fools D."""
+    (attacked too, unless `real_rf_input="clean"`) and generated ones; G fools D.
+
+    Each batch holds n_dis discriminator batches: feed it n_dis x the batch size."""
 
     metric_names = ("d_loss", "g_loss", "adv_acc", "fake_acc", "rf_acc", "eps")
 
@@ -105,14 +107,20 @@ class RobGAN(_AdversarialStage):
         self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
 
     def train_step(self, data):
+        """n_dis D updates, each on its own 1/n_dis of the batch, then one G update."""
         x, y = data
-        batch = tf.shape(x)[0]
-        step = tf.convert_to_tensor(self.d_optimizer.iterations)
-        s_attack, s_z, s_y, s_z2, s_y2 = self.seeds(step, 5)
-        eps = self.current_eps(step)
+        for x_part, y_part in zip(tf.split(x, self.n_dis), tf.split(y, self.n_dis)):
+            self._discriminator_step(x_part, y_part)
+        step = tf.convert_to_tensor(self.g_optimizer.iterations)
+        _, _, _, s_z, s_y = self.seeds(step, 5)  # salts 3, 4: never the D step's
+        return self.record(g_loss=self._generator_step(tf.shape(x)[0] // self.n_dis, s_z, s_y))
 
+    def _discriminator_step(self, x, y):
+        step = tf.convert_to_tensor(self.d_optimizer.iterations)
+        s_attack, s_z, s_y = self.seeds(step, 3)
+        eps = self.current_eps(step)
         x_adv = self.attack(x, y, eps, s_attack)
-        z, y_fake = self.sample_inputs(batch, s_z, s_y)
+        z, y_fake = self.sample_inputs(tf.shape(x)[0], s_z, s_y)
         x_fake = self.generator([z, y_fake], training=True)
         with tf.GradientTape() as tape:
             real = self.discriminator(x_adv, training=True)
@@ -124,16 +132,10 @@ class RobGAN(_AdversarialStage):
                         + self.fake_class_weight * _per_example_ce(y_fake, fake["cls"]))
             d_loss = tf.nn.compute_average_loss(d_losses)
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
-
-        if self.n_dis == 1:
-            g_loss = self._generator_step(batch, s_z2, s_y2)
-        else:
-            g_loss = tf.cond(step % self.n_dis == 0,
-                             lambda: self._generator_step(batch, s_z2, s_y2), lambda: tf.constant(0.0))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(self.d_optimizer.scale_loss(d_loss), d_vars), d_vars))
         rf_acc = 0.5 * (tf.cast(real_rf[:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
-        return self.record(d_loss=tf.reduce_mean(d_losses), g_loss=g_loss, adv_acc=_accuracy(y, real["cls"]),
-                           fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
+        self.record(d_loss=tf.reduce_mean(d_losses), adv_acc=_accuracy(y, real["cls"]),
+                    fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
 
     def _generator_step(self, batch, seed_z, seed_y):
         z, labels = self.sample_inputs(batch, seed_z, seed_y)
@@ -142,7 +144,7 @@ class RobGAN(_AdversarialStage):
             g_losses = _per_example_bce(1.0, fake["adv"]) + _per_example_ce(labels, fake["cls"])
             g_loss = tf.nn.compute_average_loss(g_losses)
         g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+        self.g_optimizer.apply_gradients(zip(tape.gradient(self.g_optimizer.scale_loss(g_loss), g_vars), g_vars))
         return tf.reduce_mean(g_losses)
 
 
@@ -174,6 +176,6 @@ class FineTuner(_AdversarialStage):
             losses = _per_example_ce(y, real_logits) + self.lam * _per_example_ce(y_fake, fake_logits)
             loss = tf.nn.compute_average_loss(losses)
         c_vars = self.classifier.trainable_variables
-        self.ft_optimizer.apply_gradients(zip(tape.gradient(loss, c_vars), c_vars))
+        self.ft_optimizer.apply_gradients(zip(tape.gradient(self.ft_optimizer.scale_loss(loss), c_vars), c_vars))
         return self.record(loss=tf.reduce_mean(losses), adv_acc=_accuracy(y, real_logits),
                            fake_adv_acc=_accuracy(y_fake, fake_logits), eps=eps)

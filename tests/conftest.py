@@ -8,6 +8,12 @@ import pytest  # noqa: E402
 from robgan_tf.data import Dataset  # noqa: E402
 
 
+# train.py flags for a run of a few seconds on the tiny data set (4 classes of 16x16 images).
+TINY_TRAIN_ARGS = ["--dataset", "tiny", "--width", "4", "--g-width", "4", "--depth", "2", "--batch-size", "32",
+                   "--pgd-steps", "2", "--eps", "0.1", "--eval-examples", "40", "--train-limit", "128",
+                   "--eps-warmup-epochs", "0.5"]
+
+
 def make_images(n, size=16, channels=1, num_classes=4, seed=0):
     """Tiny learnable images: class c is a bright square in a class-specific place, plus noise."""
     rng = np.random.default_rng(seed)
@@ -53,5 +59,6 @@ def trained_classifier(tiny_dataset):
         keras.layers.Dense(tiny_dataset.num_classes),
     ])
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(data.train_pipeline(tiny_dataset.x_train, tiny_dataset.y_train, 64), epochs=5, verbose=0)
+    batches = data.TrainData(tiny_dataset.x_train, tiny_dataset.y_train, 64)
+    model.fit(batches.epochs(0, 5), epochs=5, steps_per_epoch=batches.steps, verbose=0)
     return model

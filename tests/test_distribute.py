@@ -1,8 +1,13 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
+
+import numpy as np
+
+from conftest import TINY_TRAIN_ARGS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,3 +34,37 @@ def test_mirrored_run_trains_both_stages(tmp_path):
     assert all(math.isfinite(metrics[k]) for k in ("clean_accuracy", "pgd20_accuracy", "gan_test_accuracy"))
     assert (tmp_path / "run" / "classifier.keras").is_file()
     assert "finetune,2" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multiworker_two_local_workers_finish_with_identical_weights(tiny_data_dir, tmp_path):
+    import keras
+
+    root = os.path.dirname(HERE)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    out = tmp_path / "run"
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        args = TINY_TRAIN_ARGS + ["--data-dir", str(tiny_data_dir), "--out", str(out), "--epochs", "1",
+                                  "--finetune-epochs", "1", "--distribute", "multiworker"]
+        workers.append(subprocess.Popen([sys.executable, os.path.join(root, "train.py"), *args], cwd=tmp_path,
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    chief = keras.saving.load_model(out / "classifier.keras")
+    other = keras.saving.load_model(out / "workers" / "1" / "classifier.keras")
+    assert len(chief.weights) == len(other.weights) > 0
+    for a, b in zip(chief.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert "finetune,2" in (out / "metrics.csv").read_text()

@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     classifier = models.classifier_from(models.build_discriminator((28, 28, 1), 10, width=8, depth=2))
     classifier.save(run / rundir.CLASSIFIER)
-    (run / rundir.CONFIG).write_text(json.dumps({"dataset": "mnist"}))
+    (run / rundir.CONFIG).write_text(json.dumps({"dataset": "mnist", "class_names": [str(i) for i in range(10)]}))
     out = tmp_path_factory.mktemp("exports")
     assert export.main(["--model", str(run), "--out", str(out)]) == 0
     assert export.main(["--model", str(run), "--out", str(out)]) == 0  # a second version
@@ -74,9 +74,10 @@ def test_fresh_process_load_matches_keras_on_clean_and_adversarial_images(export
 import json, numpy as np, tensorflow as tf
 m = tf.saved_model.load({str(model_dir / "1")!r})
 f, u = m.signatures["serving_default"], m.signatures["serving_uint8"]
-out = {{k: f(images=tf.constant(np.load({str(tmp_path / k)!r} + ".npy")))["logits"].numpy().tolist()
-        for k in ("clean", "adv")}}
-out["raw"] = u(images=tf.constant(np.load({str(tmp_path / "raw.npy")!r})))["logits"].numpy().tolist()
+load = lambda name: tf.constant(np.load({str(tmp_path)!r} + "/" + name + ".npy"))
+out = {{"clean": f(images=load("clean"))["logits"].numpy().tolist(),
+        "adv": f(images=load("adv"))["logits"].numpy().tolist(),
+        "raw": u(images=load("raw"))["logits"].numpy().tolist()}}
 print(json.dumps(out))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -98,3 +99,30 @@ def test_wrong_image_size_and_range_are_rejected(exported):
         serve(images=tf.fill((1, 28, 28, 1), 255.0))
     out = serve(images=tf.zeros((3, 28, 28, 1)))
     assert out["class_name"].dtype == tf.string and out["class_id"].shape == (3,)
+
+
+def _readme_block(after):
+    """The first ```python block of README.md that follows the line containing `after`."""
+    text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    rest = text[text.index(after):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
+def test_readme_rest_request_feeds_the_signature(exported, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(_readme_block("A REST request"), {})
+    request = json.loads((tmp_path / "request.json").read_text())
+    _, model_dir = exported
+    serve = tf.saved_model.load(str(model_dir / "1")).signatures[request["signature_name"]]
+    out = serve(images=tf.constant(request["instances"], tf.float32))
+    assert out["probabilities"].shape == (1, 10) and out["class_name"].shape == (1,)
+
+
+def test_readme_grpc_request_matches_the_uint8_signature(exported):
+    block = _readme_block("gRPC, with")
+    assert 'signature_name = "serving_uint8"' in block and 'request.inputs["images"]' in block
+    _, model_dir = exported
+    signature = tf.saved_model.load(str(model_dir / "1")).signatures["serving_uint8"]
+    assert signature.structured_input_signature[1]["images"].dtype == tf.uint8
+    assert {"class_name", "probabilities"} <= set(signature.structured_outputs)

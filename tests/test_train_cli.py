@@ -8,13 +8,11 @@ import train
 from robgan_tf import data, rundir
 from robgan_tf.callbacks import StepCheckpoint
 
-TINY = ["--dataset", "tiny", "--width", "4", "--g-width", "4", "--depth", "2", "--batch-size", "32",
-        "--pgd-steps", "2", "--eps", "0.1", "--eval-examples", "40", "--train-limit", "128",
-        "--eps-warmup-epochs", "0.5"]
+from conftest import TINY_TRAIN_ARGS
 
 
 def run(data_dir, out, *extra):
-    return train.main(TINY + ["--data-dir", str(data_dir), "--out", str(out), *extra])
+    return train.main(TINY_TRAIN_ARGS + ["--data-dir", str(data_dir), "--out", str(out), *extra])
 
 
 def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
@@ -35,6 +33,10 @@ def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
     import keras
     classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
     assert classifier.output.shape[-1] == 4
+    generator = keras.saving.load_model(out / rundir.GENERATOR)
+    assert generator([np.zeros((2, 128), np.float32), np.array([0, 3])]).shape == (2, 16, 16, 1)
+    discriminator = keras.saving.load_model(out / rundir.DISCRIMINATOR)
+    assert set(discriminator(np.zeros((1, 16, 16, 1), np.float32))) == {"adv", "cls"}
     capsys.readouterr()
     assert run(tiny_data_dir, out, "--epochs", "2", "--finetune-epochs", "1") == 0
     assert "is finished" in capsys.readouterr().out
@@ -92,9 +94,16 @@ def test_missing_data_file_gives_one_clear_line(tmp_path, capsys):
     assert len(err) == 1 and "missing data file" in err[0] and "mnist_train.npz" in err[0]
 
 
-def test_unknown_dataset_name_is_a_clear_error():
-    with pytest.raises(data.DataError, match="unknown dataset 'no_such_set'"):
-        data.load("no_such_set")
+def test_unknown_dataset_name_is_a_clear_error(tmp_path, capsys):
+    assert train.main(["--dataset", "no_such_set", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown dataset 'no_such_set'" in err[0] and "--data-dir" in err[0]
+
+
+def test_batch_larger_than_the_data_is_a_clear_error_before_anything_is_written(tiny_data_dir, tmp_path, capsys):
+    assert run(tiny_data_dir, tmp_path / "r", "--train-limit", "16", "--epochs", "1") == 1
+    assert "cannot fill one step" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("x, y, message", [

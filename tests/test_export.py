@@ -30,7 +30,10 @@ def exported(tmp_path_factory):
     classifier.save(run / rundir.CLASSIFIER)
     (run / rundir.CONFIG).write_text(json.dumps({"dataset": "mnist", "class_names": [str(i) for i in range(10)]}))
     out = tmp_path_factory.mktemp("exports")
-    assert export.main(["--model", str(run), "--out", str(out)]) == 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # A fresh process: export.py alone must register the custom layers to load classifier.keras.
+    subprocess.run([sys.executable, os.path.join(root, "export.py"), "--model", str(run), "--out", str(out)],
+                   check=True, capture_output=True, cwd=root)
     assert export.main(["--model", str(run), "--out", str(out)]) == 0  # a second version
     return classifier, out / "mnist_robgan"
 

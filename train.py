@@ -72,6 +72,9 @@ def parse_args(argv=None):
                    help="mirrored: tf.distribute.MirroredStrategy over all local GPUs; multiworker: "
                         "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (see README)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
+    p.add_argument("--mixed-precision", choices=("none", "mixed_float16", "mixed_bfloat16"), default="none",
+                   help="compute in float16/bfloat16 on GPUs (loss scaling for float16); attacks and "
+                        "their input gradients stay float32")
     return p.parse_args(argv)
 
 

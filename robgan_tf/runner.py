@@ -4,6 +4,7 @@ Resumable: the checkpoint records the stage, epoch and batch, so rerunning the s
 after an interruption continues where the last checkpoint left off.
 """
 
+import contextlib
 import os
 import time
 
@@ -26,7 +27,7 @@ DEFAULTS = {
 }
 COMMON = dict(pgd_step_size=None, lam=0.5, fake_class_weight=0.0, n_dis=1, beta_1=0.5, beta_2=0.999,
               spectral_norm="head", z_dim=128, train_limit=None, seed=0, eval_examples=1000,
-              checkpoint_every=200, distribute="none", xla=False)
+              checkpoint_every=200, distribute="none", xla=False, mixed_precision="none")
 
 
 def default_config(dataset):
@@ -43,6 +44,17 @@ def make_strategy(name):
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown --distribute {name!r}: use none, mirrored or multiworker")
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Layers built inside compute in `name` (e.g. mixed_float16); the global policy is restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def worker_dir(strategy, out_dir):
@@ -72,14 +84,16 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     own_dir = worker_dir(strategy, out_dir)
     rundir.prepare(own_dir, config, overwrite)
     keras.utils.set_random_seed(config["seed"])
-    with strategy.scope():
+    precision = config["mixed_precision"]
+    with strategy.scope(), _dtype_policy("float32" if precision == "none" else precision):
         generator = models.build_generator(dataset.image_shape, dataset.num_classes,
                                            config["g_width"], config["z_dim"])
         discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes,
                                                    config["width"], config["depth"], config["spectral_norm"])
 
         def adam(lr):
-            return keras.optimizers.Adam(lr, config["beta_1"], config["beta_2"])
+            optimizer = keras.optimizers.Adam(lr, config["beta_1"], config["beta_2"])
+            return keras.optimizers.LossScaleOptimizer(optimizer) if precision == "mixed_float16" else optimizer
 
         d_opt, g_opt = adam(config["d_lr"]), adam(config["g_lr"])
         # Fine-tuning anneals its learning rate to 0 (cosine) over the whole stage.
@@ -105,7 +119,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     quality = evaluation.GeneratorQuality(dataset, _reference_classifier(dataset, own_dir, config["seed"]),
                                           seed=config["seed"])
     stage_args = dict(eps=config["eps"], pgd_steps=config["pgd_steps"], pgd_step_size=config["pgd_step_size"],
-                      seed=config["seed"], attack_jit=config["xla"] and config["distribute"] != "none")
+                      seed=config["seed"], attack_jit=config["xla"] and config["distribute"] != "none",
+                      attack_loss_scale=1024.0 if precision == "mixed_float16" else 1.0)
     jit = config["xla"] and config["distribute"] == "none"
     stage = _Stage(strategy, progress, manager, save_models, dataset.class_names, own_dir,
                    config["checkpoint_every"], verbose)

@@ -32,7 +32,7 @@ class _AdversarialStage(keras.Model):
     metric_names = ()
 
     def __init__(self, generator, discriminator, *, eps, pgd_steps, pgd_step_size=None,
-                 eps_warmup_steps=0, seed=0, attack_jit=False, **kwargs):
+                 eps_warmup_steps=0, seed=0, attack_jit=False, attack_loss_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.classifier = classifier_from(discriminator)
@@ -40,6 +40,7 @@ class _AdversarialStage(keras.Model):
         self.step_size_ratio = (default_step_size(1.0, pgd_steps) if pgd_step_size is None
                                 else float(pgd_step_size) / max(self.eps, 1e-12))
         self.eps_warmup_steps, self.seed = int(eps_warmup_steps), int(seed)
+        self.attack_loss_scale = float(attack_loss_scale)
         self.z_dim = generator.input[0].shape[-1]
         self.num_classes = discriminator.output["cls"].shape[-1]
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.metric_names}
@@ -70,7 +71,8 @@ class _AdversarialStage(keras.Model):
         return [tf.random.experimental.stateless_fold_in(base, i) for i in range(n)]
 
     def attack(self, x, y, eps, seed):
-        return self._attack(self._logits, x, y, eps, self.pgd_steps, self.step_size_ratio * eps, seed)
+        return self._attack(self._logits, x, y, eps, self.pgd_steps, self.step_size_ratio * eps, seed,
+                            self.attack_loss_scale)
 
     def sample_inputs(self, batch, seed_z, seed_y):
         z = tf.random.stateless_normal((batch, self.z_dim), seed_z)
@@ -130,9 +132,9 @@ class RobGAN(_AdversarialStage):
             d_losses = (_per_example_bce(1.0, real_rf) + _per_example_bce(0.0, fake["adv"])
                         + _per_example_ce(y, real["cls"])
                         + self.fake_class_weight * _per_example_ce(y_fake, fake["cls"]))
-            d_loss = tf.nn.compute_average_loss(d_losses)
+            d_loss = self.d_optimizer.scale_loss(tf.nn.compute_average_loss(d_losses))
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(self.d_optimizer.scale_loss(d_loss), d_vars), d_vars))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
         rf_acc = 0.5 * (tf.cast(real_rf[:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
         self.record(d_loss=tf.reduce_mean(d_losses), adv_acc=_accuracy(y, real["cls"]),
                     fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
@@ -142,9 +144,9 @@ class RobGAN(_AdversarialStage):
         with tf.GradientTape() as tape:
             fake = self.discriminator(self.generator([z, labels], training=True), training=True)
             g_losses = _per_example_bce(1.0, fake["adv"]) + _per_example_ce(labels, fake["cls"])
-            g_loss = tf.nn.compute_average_loss(g_losses)
+            g_loss = self.g_optimizer.scale_loss(tf.nn.compute_average_loss(g_losses))
         g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(self.g_optimizer.scale_loss(g_loss), g_vars), g_vars))
+        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
         return tf.reduce_mean(g_losses)
 
 
@@ -174,8 +176,8 @@ class FineTuner(_AdversarialStage):
             real_logits = self.classifier(x_adv, training=True)
             fake_logits = self.classifier(fake_adv, training=True)
             losses = _per_example_ce(y, real_logits) + self.lam * _per_example_ce(y_fake, fake_logits)
-            loss = tf.nn.compute_average_loss(losses)
+            loss = self.ft_optimizer.scale_loss(tf.nn.compute_average_loss(losses))
         c_vars = self.classifier.trainable_variables
-        self.ft_optimizer.apply_gradients(zip(tape.gradient(self.ft_optimizer.scale_loss(loss), c_vars), c_vars))
+        self.ft_optimizer.apply_gradients(zip(tape.gradient(loss, c_vars), c_vars))
         return self.record(loss=tf.reduce_mean(losses), adv_acc=_accuracy(y, real_logits),
                            fake_adv_acc=_accuracy(y_fake, fake_logits), eps=eps)

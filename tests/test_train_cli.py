@@ -153,3 +153,19 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", original)
     assert run(tiny_data_dir, out, *args) == 0
     assert "resuming cotrain epoch 1 at batch 2/4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_run_keeps_losses_finite(tiny_data_dir, tmp_path, precision):
+    import keras
+
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "1", "--mixed-precision", precision) == 0
+    assert keras.mixed_precision.global_policy().name == "float32", "the global policy is restored"
+    rows = [dict(zip(rundir.METRICS_COLUMNS, r.split(","))) for r in
+            (out / rundir.METRICS_CSV).read_text().splitlines()[1:]]
+    assert np.isfinite(float(rows[0]["d_loss"])) and np.isfinite(float(rows[0]["g_loss"]))
+    assert np.isfinite(float(rows[1]["loss"]))
+    classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
+    assert classifier.get_layer("block0").compute_dtype == precision.split("_")[1]
+    assert classifier.output.dtype == "float32"

@@ -118,6 +118,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
 
     quality = evaluation.GeneratorQuality(dataset, _reference_classifier(dataset, own_dir, config["seed"]),
                                           seed=config["seed"])
+    print(f"GAN-test reference classifier: {quality.reference_accuracy:.3f} accuracy on real test images")
     stage_args = dict(eps=config["eps"], pgd_steps=config["pgd_steps"], pgd_step_size=config["pgd_step_size"],
                       seed=config["seed"], attack_jit=config["xla"] and config["distribute"] != "none",
                       attack_loss_scale=1024.0 if precision == "mixed_float16" else 1.0)
@@ -223,8 +224,7 @@ def _reference_classifier(dataset, out_dir, seed):
     if os.path.exists(path):
         return keras.saving.load_model(path)
     print("training the GAN-test reference classifier on real training images ...")
-    model, acc = evaluation.train_reference_classifier(dataset, seed=seed)
-    print(f"GAN-test reference classifier: {acc:.3f} accuracy on real test images")
+    model = evaluation.train_reference_classifier(dataset, seed=seed)
     rundir.save_model(model, out_dir, rundir.REFERENCE_CLASSIFIER)
     return model
 

@@ -61,11 +61,11 @@ def worker_dir(strategy, out_dir):
     """Where this process writes: the chief writes the run directory, every other worker of a
     multi-worker cluster its own `workers/<task_id>` inside it."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
         return out_dir
     task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type == "chief" or (task_type == "worker" and task_id == 0
-                                and "chief" not in resolver.cluster_spec().as_dict()):
+    if task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster):
         return out_dir
     return os.path.join(out_dir, "workers", str(task_id))
 

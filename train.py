@@ -46,6 +46,7 @@ def parse_args(argv=None):
         ("--d-lr", float, "discriminator Adam learning rate"),
         ("--g-lr", float, "generator Adam learning rate"),
         ("--finetune-lr", float, "fine-tuning Adam learning rate"),
+        ("--eval-examples", int, "stratified test images for the final clean/PGD-20 evaluation"),
     ]
     for flag, typ, text in per_dataset:
         p.add_argument(flag, type=typ, default=None, help=f"{text} ({_defaults(flag[2:].replace('-', '_'))})")
@@ -64,8 +65,6 @@ def parse_args(argv=None):
     p.add_argument("--spectral-norm", choices=SPECTRAL_NORM_CHOICES, default=c["spectral_norm"],
                    help="spectral normalisation: none, the real/fake head only, or all of D")
     p.add_argument("--train-limit", type=int, default=None, help="train on a shuffled subset of N images")
-    p.add_argument("--eval-examples", type=int, default=c["eval_examples"],
-                   help="stratified test images for the final clean/PGD-20 evaluation")
     p.add_argument("--checkpoint-every", type=int, default=c["checkpoint_every"], help="checkpoint every N steps")
     p.add_argument("--seed", type=int, default=c["seed"], help="random seed")
     p.add_argument("--distribute", choices=("none", "mirrored", "multiworker"), default="none",

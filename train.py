@@ -28,10 +28,14 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     p.add_argument("--dataset", default="cifar10", help="mnist, cifar10 or any tfds image-classification name")
+    p.add_argument("--method", choices=runner.METHODS, default="robgan",
+                   help="robgan; or a baseline training the same classifier alone: pgd-at (Madry et al.), "
+                        "fgsm-rs (Wong et al., cyclic learning rate, catastrophic-overfitting guard), "
+                        "trades (Zhang et al.)")
     p.add_argument("--data-dir", help="folder with <dataset>_train.npz and <dataset>_test.npz "
                                       "(arrays x uint8 NHWC, y uint8); without it, tensorflow_datasets")
     p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir")
-    p.add_argument("--out", help="run directory (default: checkpoints/<dataset>-robgan)")
+    p.add_argument("--out", help="run directory (default: checkpoints/<dataset>-<method>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     per_dataset = [
         ("--epochs", int, "co-training epochs"),
@@ -58,6 +62,11 @@ def parse_args(argv=None):
     c = runner.COMMON
     p.add_argument("--pgd-step-size", type=float, default=None, help="PGD step size (default 2.5*eps/steps)")
     p.add_argument("--lam", type=float, default=c["lam"], help="weight of CE on attacked fakes in fine-tuning")
+    p.add_argument("--beta", type=float, default=c["beta"], help="TRADES: weight of the KL term")
+    p.add_argument("--gen-ratio", type=float, default=c["gen_ratio"],
+                   help="fraction of each batch replaced by generated images with their labels (robgan: "
+                        "its own generator, in fine-tuning; pgd-at, trades: --generator)")
+    p.add_argument("--generator", help="a frozen generator.keras (from a Rob-GAN run) for --gen-ratio")
     p.add_argument("--fake-class-weight", type=float, default=c["fake_class_weight"],
                    help="weight of D's class loss on generated images in co-training")
     p.add_argument("--n-dis", type=int, default=c["n_dis"], help="D updates per G update")
@@ -90,7 +99,7 @@ def config_from(args):
 def main(argv=None):
     args = parse_args(argv)
     config = config_from(args)
-    out = args.out or os.path.join("checkpoints", f"{args.dataset}-robgan")
+    out = args.out or os.path.join("checkpoints", f"{args.dataset}-{args.method}")
     try:
         dataset = load(args.dataset, args.data_dir, args.tfds_dir)
         runner.train(config, dataset, out, overwrite=args.overwrite)

@@ -7,8 +7,8 @@ import time
 import keras
 import numpy as np
 
-from robgan_tf import rundir
-from robgan_tf.evaluation import collapse_warning
+from robgan_tf import data, evaluation, rundir
+from robgan_tf.quality import collapse_warning
 from robgan_tf.plots import sample_grid
 
 
@@ -63,8 +63,9 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 
 class EpochReport(keras.callbacks.Callback):
-    """At each epoch end: a sample grid, generator quality (`quality(generator)`, with a loud
-    collapse warning), and one row of metrics.csv; the quality numbers also go to the epoch logs."""
+    """At each epoch end: one row of metrics.csv and, when there is a `quality` scorer, a sample
+    grid and generator quality (`quality(generator)`, with a loud collapse warning), which also
+    go to the epoch logs."""
 
     def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names):
         super().__init__()
@@ -77,17 +78,55 @@ class EpochReport(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         number = self.epoch_offset + epoch + 1
-        sample_grid(self.generator, self.class_names,
-                    os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
-                    title=f"{self.stage} epoch {number}")
-        self.last_quality = quality = self.quality(self.generator)
-        print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
-              f"sample diversity {quality['sample_diversity']:.2f} of real")
-        warning = collapse_warning(quality)
-        if warning:
-            print("!" * 78 + f"\n{warning}\n" + "!" * 78)
         logs = logs if logs is not None else {}
-        logs.update(quality)
+        if self.quality is not None:
+            sample_grid(self.generator, self.class_names,
+                        os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
+                        title=f"{self.stage} epoch {number}")
+            self.last_quality = quality = self.quality(self.generator)
+            print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
+                  f"sample diversity {quality['sample_diversity']:.2f} of real")
+            warning = collapse_warning(quality)
+            if warning:
+                print("!" * 78 + f"\n{warning}\n" + "!" * 78)
+            logs.update(quality)
         row = {k: float(np.asarray(v)) for k, v in logs.items() if k in rundir.METRICS_COLUMNS}
         row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1))
         rundir.append_metrics_row(self.out_dir, row)
+
+
+class OverfitGuard(keras.callbacks.Callback):
+    """FGSM-RS's guard against catastrophic overfitting (Wong et al. 2020): every `every` steps
+    once the eps warm-up is over, PGD-10 accuracy at the target eps on a held-out training batch;
+    when it falls below half its best (after reaching 20%), training stops and the classifier's
+    weights of the last check come back."""
+
+    def __init__(self, x, y, eps, seed=0, every=50):
+        super().__init__()
+        self.x, self.y = data.to_float(x).numpy(), np.asarray(y, np.int32)
+        self.eps, self.every, self.seed = eps, every, seed
+        self.best, self.good_weights, self.fired, self.evaluator = 0.0, None, None, None
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        if float(self.model.current_eps(self.model.c_optimizer.iterations - 1)) < self.eps:
+            return
+        if self.evaluator is None:
+            self.evaluator = evaluation.Evaluator(evaluation.inference_fn(self.model.classifier),
+                                                  evaluation.AttackSettings(seed=self.seed), verbose=False)
+        correct = self.evaluator.predict(self.x) == self.y
+        robust = self.evaluator.run(evaluation.pgd_name(10), self.x, self.y, self.eps, correct)[0].mean()
+        if self.best >= 0.2 and robust < 0.5 * self.best:
+            self.fired = {"step": self.steps, "pgd10_accuracy": float(robust), "best": float(self.best)}
+            print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
+                  f"{self.best:.2f} to {robust:.2f} at step {self.steps}; stopping and restoring the "
+                  f"weights of the last check")
+            if self.good_weights is not None:
+                self.model.classifier.set_weights(self.good_weights)
+            self.model.stop_training = True
+            return
+        self.best = max(self.best, robust)
+        self.good_weights = self.model.classifier.get_weights()

@@ -1,4 +1,4 @@
-"""Pictures of a run: generator sample grids."""
+"""Pictures: generator sample grids, robustness curves and adversarial examples."""
 
 import matplotlib
 
@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robgan_tf.evaluation import generate  # noqa: E402
+from robgan_tf.quality import generate  # noqa: E402
 
 
 def sample_grid(generator, class_names, path, per_class=10, seed=1234, title=None):
@@ -27,4 +27,71 @@ def sample_grid(generator, class_names, path, per_class=10, seed=1234, title=Non
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def robustness_curve(robust_accuracy, clean_accuracy, path, title=None):
+    """Accuracy against eps, one line per attack (clean accuracy at eps = 0)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for attack, by_eps in robust_accuracy.items():
+        points = sorted((float(e), a) for e, a in by_eps.items())
+        if attack != "autoattack" and len(points) < 2 and "autoattack" in robust_accuracy:
+            continue  # a single point under the composition's line says nothing
+        eps, acc = zip(*[(0.0, clean_accuracy)] + points)
+        ax.plot(eps, 100 * np.array(acc), marker="o", label=attack)
+    ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def adversarial_examples(x, x_adv, y, clean_pred, adv_pred, class_names, path, n=8, title=None):
+    """Columns of examples: clean image, adversarial image, perturbation; predicted labels above."""
+    n = min(n, len(x))
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n + 0.8, 4.4), squeeze=False)
+    for i in range(n):
+        delta = x_adv[i] - x[i]
+        scale = max(np.abs(delta).max(), 1e-12)
+        rows = [(x[i], f"{class_names[clean_pred[i]]}"), (x_adv[i], f"{class_names[adv_pred[i]]}"),
+                (0.5 + 0.5 * delta / scale, f"±{scale:.3g}")]
+        for r, (image, label) in enumerate(rows):
+            ax = axes[r, i]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            wrong = r == 1 and adv_pred[i] != y[i]
+            ax.set_title(label, fontsize=8, color="red" if wrong else "black")
+    for r, name in enumerate(("clean", "adversarial", "perturbation")):
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def study_bars(rows, path, title=None):
+    """Clean, PGD-20 and autoattack accuracy per method, with their 95% intervals."""
+    keys = (("clean", "clean"), ("pgd20", "PGD-20"), ("autoattack", "autoattack"))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    width = 0.8 / len(keys)
+    for k, (key, label) in enumerate(keys):
+        values = np.array([100 * r[key] for r in rows])
+        ci = np.array([[100 * (r[key] - r[key + "_ci95"][0]), 100 * (r[key + "_ci95"][1] - r[key])] for r in rows]).T
+        ax.bar(np.arange(len(rows)) + (k - 1) * width, values, width, yerr=ci, capsize=3, label=label)
+    ax.set_xticks(np.arange(len(rows)), [r["method"] for r in rows])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)

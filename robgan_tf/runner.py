@@ -1,4 +1,7 @@
-"""One Rob-GAN run from settings to run directory: co-training, fine-tuning, final evaluation.
+"""One training run from settings to run directory, final evaluation included.
+
+Rob-GAN runs co-training, then fine-tuning; the baselines (PGD-AT, FGSM-RS, TRADES) train the
+same classifier alone in one stage.
 
 Resumable: the checkpoint records the stage, epoch and batch, so rerunning the same settings
 after an interruption continues where the last checkpoint left off.
@@ -11,10 +14,10 @@ import time
 import keras
 import tensorflow as tf
 
-from robgan_tf import data, evaluation, models, rundir
+from robgan_tf import data, evaluation, models, quality, rundir
 from robgan_tf.attacks import default_step_size
-from robgan_tf.callbacks import EpochReport, NonFiniteGuard, StepCheckpoint
-from robgan_tf.training import FineTuner, RobGAN
+from robgan_tf.callbacks import EpochReport, NonFiniteGuard, OverfitGuard, StepCheckpoint
+from robgan_tf.training import TRADES, AdversarialTraining, CyclicLR, FineTuner, RobGAN
 
 # Per-dataset defaults. MNIST is sized for a 2-core CPU; CIFAR-10 is the paper-scale model.
 DEFAULTS = {
@@ -25,9 +28,10 @@ DEFAULTS = {
                     finetune_epochs=10, eps_warmup_epochs=5.0, d_lr=2e-4, g_lr=2e-4, finetune_lr=1e-4,
                     augment=True, real_rf_input="adversarial", eval_examples=1000),
 }
-COMMON = dict(pgd_step_size=None, lam=0.5, fake_class_weight=0.0, n_dis=1, beta_1=0.5, beta_2=0.999,
-              spectral_norm="head", z_dim=128, train_limit=None, seed=0,
-              checkpoint_every=200, distribute="none", xla=False, mixed_precision="none")
+METHODS = ("robgan", "pgd-at", "fgsm-rs", "trades")
+COMMON = dict(method="robgan", gen_ratio=0.0, generator=None, beta=6.0, pgd_step_size=None, lam=0.5,
+              fake_class_weight=0.0, n_dis=1, beta_1=0.5, beta_2=0.999, spectral_norm="head", z_dim=128,
+              train_limit=None, seed=0, checkpoint_every=200, distribute="none", xla=False, mixed_precision="none")
 
 
 def default_config(dataset):
@@ -73,90 +77,192 @@ def worker_dir(strategy, out_dir):
 def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     """Trains (or resumes, or just reports) the run in out_dir; returns the final metrics."""
     strategy = make_strategy(config["distribute"])  # first: multi-worker needs it before other TF ops
+    method = config["method"]
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    robgan = method == "robgan"
+    if config["gen_ratio"] and not robgan and not config["generator"]:
+        raise data.DataError(f"--gen-ratio with --method {method} needs --generator <generator.keras>")
+    if robgan and config["generator"]:
+        raise data.DataError("--generator is for the baselines' --gen-ratio; Rob-GAN mixes in its own generator")
     x, y = data.subset(dataset.x_train, dataset.y_train, config["train_limit"], config["seed"])
-    batch, n_dis = config["batch_size"], config["n_dis"]
+    if method == "fgsm-rs":  # one batch held out for the catastrophic-overfitting check
+        x, y, held_out = x[config["batch_size"]:], y[config["batch_size"]:], (x[:config["batch_size"]],
+                                                                                y[:config["batch_size"]])
+    batch, n_dis = config["batch_size"], config["n_dis"] if robgan else 1
     if len(y) < batch * n_dis:
         raise data.DataError(f"{len(y)} training images cannot fill one step of --batch-size {batch} "
                              f"x --n-dis {n_dis}; lower them or raise --train-limit")
-    cotrain_data = data.TrainData(x, y, batch * n_dis, config["augment"], config["seed"])
+    main_data = data.TrainData(x, y, batch * n_dis, config["augment"], config["seed"])
     finetune_data = data.TrainData(x, y, batch, config["augment"], config["seed"])
     config = {**config, "class_names": dataset.class_names}
     own_dir = worker_dir(strategy, out_dir)
     rundir.prepare(own_dir, config, overwrite)
     keras.utils.set_random_seed(config["seed"])
-    precision = config["mixed_precision"]
-    with strategy.scope(), _dtype_policy("float32" if precision == "none" else precision):
-        generator = models.build_generator(dataset.image_shape, dataset.num_classes,
-                                           config["g_width"], config["z_dim"])
-        discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes,
-                                                   config["width"], config["depth"], config["spectral_norm"])
-
-        def adam(lr):
-            optimizer = keras.optimizers.Adam(lr, config["beta_1"], config["beta_2"])
-            return keras.optimizers.LossScaleOptimizer(optimizer) if precision == "mixed_float16" else optimizer
-
-        d_opt, g_opt = adam(config["d_lr"]), adam(config["g_lr"])
-        # Fine-tuning anneals its learning rate to 0 (cosine) over the whole stage.
-        ft_opt = adam(keras.optimizers.schedules.CosineDecay(
-            config["finetune_lr"], max(1, finetune_data.steps * config["finetune_epochs"])))
-        classifier = models.classifier_from(discriminator)
-        d_opt.build(discriminator.trainable_variables)
-        g_opt.build(generator.trainable_variables)
-        ft_opt.build(classifier.trainable_variables)
+    with strategy.scope():
+        parts = build(config, dataset, main_data.steps * config["epochs"],
+                      finetune_data.steps * config["finetune_epochs"])
+    generator, discriminator, classifier = parts["generator"], parts["discriminator"], parts["classifier"]
+    optimizers = parts["optimizers"]
     progress = rundir.Progress()
-    manager = rundir.checkpoint_manager(own_dir, progress, restore_from=out_dir, generator=generator,
-                                        discriminator=discriminator, d_optimizer=d_opt, g_optimizer=g_opt,
-                                        ft_optimizer=ft_opt)
+    trainable = dict(discriminator=discriminator, **({"generator": generator} if robgan else {}))
+    manager = rundir.checkpoint_manager(own_dir, progress, restore_from=out_dir, **trainable, **optimizers)
     if progress.stage_name == "done":
         print(f"{out_dir} is finished; nothing to train (use --overwrite to train it again).")
         return rundir.read_metrics_json(own_dir)
 
     def save_models():
-        for model, name in ((generator, rundir.GENERATOR), (discriminator, rundir.DISCRIMINATOR),
-                            (classifier, rundir.CLASSIFIER)):
+        named = [(discriminator, rundir.DISCRIMINATOR), (classifier, rundir.CLASSIFIER)]
+        for model, name in named + ([(generator, rundir.GENERATOR)] if generator is not None else []):
             rundir.save_model(model, own_dir, name)
 
-    quality = evaluation.GeneratorQuality(dataset, _reference_classifier(dataset, own_dir, config["seed"]),
+    scorer = None
+    if generator is not None:
+        scorer = quality.GeneratorQuality(dataset, _reference_classifier(dataset, own_dir, config["seed"]),
                                           seed=config["seed"])
-    print(f"GAN-test reference classifier: {quality.reference_accuracy:.3f} accuracy on real test images")
-    stage_args = dict(eps=config["eps"], pgd_steps=config["pgd_steps"], pgd_step_size=config["pgd_step_size"],
-                      seed=config["seed"], attack_jit=config["xla"] and config["distribute"] != "none",
-                      attack_loss_scale=1024.0 if precision == "mixed_float16" else 1.0)
-    jit = config["xla"] and config["distribute"] == "none"
+        print(f"GAN-test reference classifier: {scorer.reference_accuracy:.3f} accuracy on real test images")
     stage = _Stage(strategy, progress, manager, save_models, dataset.class_names, own_dir,
                    config["checkpoint_every"], verbose)
     started = time.time()
+    notes = {}
 
     if progress.stage_name == "cotrain":
-        warmup = min(config["eps_warmup_epochs"], config["epochs"]) * cotrain_data.steps * n_dis
+        warmup = round(min(config["eps_warmup_epochs"], config["epochs"]) * main_data.steps * n_dis)
         with strategy.scope():
-            model = RobGAN(generator, discriminator, fake_class_weight=config["fake_class_weight"], n_dis=n_dis,
-                           real_rf_input=config["real_rf_input"], eps_warmup_steps=round(warmup), **stage_args)
-            model.compile(d_optimizer=d_opt, g_optimizer=g_opt, jit_compile=jit)
-        stage.run(model, cotrain_data, "cotrain", config["epochs"], 0, quality)
+            model = stage_model("main", parts, config, warmup)
+        guard = OverfitGuard(*held_out, config["eps"], config["seed"]) if method == "fgsm-rs" else None
+        stage.run(model, main_data, "cotrain" if robgan else "train", config["epochs"], 0,
+                  scorer if robgan else None, [guard] if guard else [])
+        if guard and guard.fired:
+            notes["early_stop"] = guard.fired
         progress.next_stage()
         manager.save()
-    if progress.stage_name == "finetune":
+    generator_scores = scorer(generator) if scorer else {}  # G does not change from here on
+    if robgan:
         with strategy.scope():
-            model = FineTuner(generator, discriminator, lam=config["lam"], **stage_args)
-            model.compile(optimizer=ft_opt, jit_compile=jit)
-        frozen_quality = quality(generator)  # G does not change while fine-tuning
+            model = stage_model("finetune", parts, config)
         stage.run(model, finetune_data, "finetune", config["finetune_epochs"], config["epochs"],
-                  lambda _: frozen_quality)
+                  lambda _: generator_scores)
 
     save_models()
-    metrics = final_metrics(classifier, generator, dataset, quality, config)
-    metrics["train_seconds_this_session"] = round(time.time() - started, 1)
+    metrics = final_metrics(classifier, dataset, config, generator_scores)
+    metrics.update(notes, method=method, train_seconds_this_session=round(time.time() - started, 1))
     rundir.write_metrics_json(own_dir, metrics)
     progress.next_stage()
     manager.save()
+    gan = (f", GAN-test accuracy {metrics['gan_test_accuracy']:.3f}, sample diversity "
+           f"{metrics['sample_diversity']:.2f} of real" if generator_scores else "")
     print(f"clean accuracy {metrics['clean_accuracy']:.4f}, PGD-20 accuracy {metrics['pgd20_accuracy']:.4f} "
-          f"(eps={config['eps']:.4g}, {metrics['eval_examples']} test images), GAN-test accuracy "
-          f"{metrics['gan_test_accuracy']:.3f}, sample diversity {metrics['sample_diversity']:.2f} of real")
-    warning = evaluation.collapse_warning(metrics)
+          f"(eps={config['eps']:.4g}, {metrics['eval_examples']} test images){gan}")
+    warning = quality.collapse_warning(metrics) if generator_scores else None
     if warning:
         print(warning)
     return metrics
+
+
+def build(config, dataset, main_steps, finetune_steps):
+    """The models and optimizers of a run (inside the strategy's scope): D, its classifier, G
+    (trained by Rob-GAN, frozen for a baseline's --gen-ratio, else None), and Adam optimizers
+    whose schedules span `main_steps` and `finetune_steps`."""
+    precision = config["mixed_precision"]
+    robgan = config["method"] == "robgan"
+    with _dtype_policy("float32" if precision == "none" else precision):
+        discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes,
+                                                   config["width"], config["depth"], config["spectral_norm"])
+        classifier = models.classifier_from(discriminator)
+        if robgan:
+            generator = models.build_generator(dataset.image_shape, dataset.num_classes,
+                                               config["g_width"], config["z_dim"])
+        else:
+            generator = _frozen_generator(config["generator"], dataset) if config["gen_ratio"] else None
+
+        def adam(lr, variables):
+            optimizer = keras.optimizers.Adam(lr, config["beta_1"], config["beta_2"])
+            if precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(variables)
+            return optimizer
+
+        if robgan:  # fine-tuning anneals its learning rate to 0 (cosine) over the whole stage
+            optimizers = dict(d_optimizer=adam(config["d_lr"], discriminator.trainable_variables),
+                              g_optimizer=adam(config["g_lr"], generator.trainable_variables),
+                              ft_optimizer=adam(keras.optimizers.schedules.CosineDecay(
+                                  config["finetune_lr"], max(1, finetune_steps)), classifier.trainable_variables))
+        else:
+            optimizers = dict(c_optimizer=adam(lr_schedule(config["method"], config["d_lr"], max(1, main_steps)),
+                                               classifier.trainable_variables))
+    return dict(generator=generator, discriminator=discriminator, classifier=classifier, optimizers=optimizers)
+
+
+def stage_model(stage, parts, config, eps_warmup_steps=0):
+    """The compiled train-step model of a stage: "main" (Rob-GAN co-training or the baseline)
+    or "finetune" (Rob-GAN's), over the `parts` of `build`."""
+    generator, discriminator, classifier = parts["generator"], parts["discriminator"], parts["classifier"]
+    optimizers, method = parts["optimizers"], config["method"]
+    args = dict(eps=config["eps"], pgd_steps=config["pgd_steps"], pgd_step_size=config["pgd_step_size"],
+                seed=config["seed"], attack_jit=config["xla"] and config["distribute"] != "none",
+                attack_loss_scale=1024.0 if config["mixed_precision"] == "mixed_float16" else 1.0,
+                gen_ratio=config["gen_ratio"])
+    jit = config["xla"] and config["distribute"] == "none"
+    if stage == "finetune":
+        model = FineTuner(generator, discriminator, lam=config["lam"], **args)
+        model.compile(optimizer=optimizers["ft_optimizer"], jit_compile=jit)
+        return model
+    if method == "robgan":
+        model = RobGAN(generator, discriminator, fake_class_weight=config["fake_class_weight"], n_dis=config["n_dis"],
+                       real_rf_input=config["real_rf_input"], eps_warmup_steps=eps_warmup_steps,
+                       **{**args, "gen_ratio": 0.0})  # Rob-GAN mixes generated images in fine-tuning
+        model.compile(d_optimizer=optimizers["d_optimizer"], g_optimizer=optimizers["g_optimizer"], jit_compile=jit)
+        return model
+    if method == "fgsm-rs":
+        args.update(pgd_steps=1, pgd_step_size=1.25 * config["eps"])
+    if method == "trades":
+        model = TRADES(classifier, generator, beta=config["beta"], eps_warmup_steps=eps_warmup_steps, **args)
+    else:
+        model = AdversarialTraining(classifier, generator, eps_warmup_steps=eps_warmup_steps, **args)
+    model.compile(optimizer=optimizers["c_optimizer"], jit_compile=jit)
+    return model
+
+
+def probe_step_seconds(config, dataset, steps=5):
+    """Seconds per training step of each stage of `config` ({"main": s[, "finetune": s]}),
+    the median of `steps` timed steps on one in-memory batch after a traced warm-up step."""
+    batch = config["batch_size"] * (config["n_dis"] if config["method"] == "robgan" else 1)
+    x, y = data.to_float(dataset.x_train[:batch]), tf.constant(dataset.y_train[:batch].astype("int32"))
+    parts = build(config, dataset, 1000, 1000)
+    seconds = {}
+    for stage in ("main", "finetune") if config["method"] == "robgan" else ("main",):
+        model = stage_model(stage, parts, config)
+        model.make_train_function()
+        step = model.train_function
+        batches = iter(tf.data.Dataset.from_tensors((x if stage == "main" else x[:config["batch_size"]],
+                                                     y if stage == "main" else y[:config["batch_size"]])).repeat())
+        times = []
+        for i in range(steps + 1):
+            started = time.perf_counter()
+            float(step(batches)[model.metric_names[0]])
+            times.append(time.perf_counter() - started)
+        seconds[stage] = sorted(times[1:])[steps // 2]
+    return seconds
+
+
+def lr_schedule(method, peak, steps):
+    """FGSM-RS: the triangular cyclic schedule of Wong et al.; the others: cosine decay to 0."""
+    if method == "fgsm-rs":
+        return CyclicLR(peak, steps)
+    return keras.optimizers.schedules.CosineDecay(peak, steps)
+
+
+def _frozen_generator(path, dataset):
+    """A trained generator.keras whose samples a baseline mixes into its batches."""
+    if not os.path.isfile(path):
+        raise data.DataError(f"--generator {path}: no such file (a generator.keras from a Rob-GAN run)")
+    generator = keras.saving.load_model(path)
+    if tuple(generator.output.shape[1:]) != dataset.image_shape:
+        raise data.DataError(f"--generator {path} makes {tuple(generator.output.shape[1:])} images, "
+                             f"not {dataset.name}'s {dataset.image_shape}")
+    generator.trainable = False
+    return generator
 
 
 class _Stage:
@@ -169,7 +275,7 @@ class _Stage:
         self.class_names, self.out_dir = class_names, out_dir
         self.checkpoint_every, self.verbose = checkpoint_every, verbose
 
-    def run(self, model, train_data, stage, epochs, epoch_offset, quality):
+    def run(self, model, train_data, stage, epochs, epoch_offset, quality, extra_callbacks=()):
         guard = NonFiniteGuard([k for k in ("d_loss", "g_loss", "loss") if k in model.metric_names], self.out_dir)
         report = EpochReport(self.out_dir, stage, epoch_offset, model.generator, quality, self.class_names)
         board = keras.callbacks.TensorBoard(os.path.join(self.out_dir, rundir.LOGS, stage))
@@ -179,14 +285,14 @@ class _Stage:
             ckpt = StepCheckpoint(self.manager, self.progress, self.checkpoint_every, steps, self.save_models,
                                   batch_offset=skip)
             self._fit(model, train_data.epochs(first, last, skip), first, last, steps - skip,
-                      [guard, ckpt, report, board])
+                      [guard, ckpt, report, board, *extra_callbacks])
 
         epoch, done = int(self.progress.epoch.numpy()), int(self.progress.batch.numpy())
         if done and epoch < epochs:
             print(f"resuming {stage} epoch {epoch_offset + epoch + 1} at batch {done}/{steps}")
             fit(epoch, epoch + 1, skip=done)
             epoch += 1
-        if epoch < epochs:
+        if epoch < epochs and not model.stop_training:
             fit(epoch, epochs)
 
     def _fit(self, model, batches, initial_epoch, epochs, steps, callbacks):
@@ -214,7 +320,11 @@ class _Stage:
             for i in range(steps):
                 logs = step(next(iterator))
                 hooks.on_train_batch_end(i, logs)
+                if model.stop_training:
+                    break
             hooks.on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
+            if model.stop_training:
+                break
         hooks.on_train_end()
 
 
@@ -224,22 +334,25 @@ def _reference_classifier(dataset, out_dir, seed):
     if os.path.exists(path):
         return keras.saving.load_model(path)
     print("training the GAN-test reference classifier on real training images ...")
-    model = evaluation.train_reference_classifier(dataset, seed=seed)
+    model = quality.train_reference_classifier(dataset, seed=seed)
     rundir.save_model(model, out_dir, rundir.REFERENCE_CLASSIFIER)
     return model
 
 
-def final_metrics(classifier, generator, dataset, quality, config):
-    """Clean and PGD-20 accuracy on a stratified test subset, and generator quality."""
+def final_metrics(classifier, dataset, config, generator_scores):
+    """Clean and PGD-20 accuracy on a stratified test subset, with the generator's quality scores."""
     x, y = data.subset(dataset.x_test, dataset.y_test, config["eval_examples"], config["seed"])
     eps = config["eps"]
+    logits_fn = evaluation.inference_fn(evaluation.float32_copy(classifier))  # attacks in float32
+    result = evaluation.evaluate(logits_fn, x, y, [eps], attack="pgd",
+                                 settings=evaluation.AttackSettings(seed=config["seed"]), verbose=False)
     return {
-        "clean_accuracy": evaluation.accuracy(classifier, x, y),
-        "pgd20_accuracy": evaluation.pgd_accuracy(classifier, x, y, eps, steps=20, seed=config["seed"]),
+        "clean_accuracy": result["clean_accuracy"],
+        "pgd20_accuracy": result["robust_accuracy"]["pgd-20"][evaluation.eps_key(eps)],
         "eps": eps,
         "eval_examples": len(y),
         "eval_split": "test",
         "pgd": {"steps": 20, "step_size": default_step_size(eps, 20), "restarts": 1, "random_start": True,
                 "loss": "cross-entropy"},
-        **quality(generator),
+        **generator_scores,
     }

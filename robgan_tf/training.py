@@ -1,8 +1,10 @@
-"""Rob-GAN's two training stages as `keras.Model` subclasses with their own `train_step`.
+"""Training stages as `keras.Model` subclasses with their own `train_step`.
 
-`RobGAN` co-trains the generator and the two-headed discriminator on PGD-attacked real
-images and generated ones; `FineTuner` then trains only D's classifier on attacked real
-and attacked generated images, with G frozen. Both run under `tf.distribute` strategies:
+Rob-GAN: `RobGAN` co-trains the generator and the two-headed discriminator on PGD-attacked real
+images and generated ones; `FineTuner` then trains only D's classifier on attacked real and
+attacked generated images, with G frozen. Baselines that train a classifier alone:
+`AdversarialTraining` (PGD-AT, FGSM-RS, or standard training) and `TRADES`; each can mix
+images of a frozen generator into its batches. All run under `tf.distribute` strategies:
 losses are averaged over the global batch and every replica draws its own random numbers.
 """
 
@@ -27,22 +29,26 @@ def _accuracy(labels, logits):
 
 
 class _AdversarialStage(keras.Model):
-    """What both stages share: the ε warm-up, per-replica random seeds, PGD on D's class head."""
+    """What every stage shares: the ε warm-up, per-replica random seeds, PGD on the classifier."""
 
     metric_names = ()
 
-    def __init__(self, generator, discriminator, *, eps, pgd_steps, pgd_step_size=None,
-                 eps_warmup_steps=0, seed=0, attack_jit=False, attack_loss_scale=1.0, **kwargs):
+    def __init__(self, classifier, generator=None, *, eps, pgd_steps, pgd_step_size=None,
+                 eps_warmup_steps=0, seed=0, attack_jit=False, attack_loss_scale=1.0, gen_ratio=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.generator, self.discriminator = generator, discriminator
-        self.classifier = classifier_from(discriminator)
+        self.classifier, self.generator = classifier, generator
+        if not 0.0 <= gen_ratio < 1.0:
+            raise ValueError(f"gen_ratio must be in [0, 1), got {gen_ratio}")
+        if gen_ratio and generator is None:
+            raise ValueError("gen_ratio > 0 needs a generator")
+        self.gen_ratio = float(gen_ratio)
         self.eps, self.pgd_steps = float(eps), int(pgd_steps)
         self.step_size_ratio = (default_step_size(1.0, pgd_steps) if pgd_step_size is None
                                 else float(pgd_step_size) / max(self.eps, 1e-12))
         self.eps_warmup_steps, self.seed = int(eps_warmup_steps), int(seed)
         self.attack_loss_scale = float(attack_loss_scale)
-        self.z_dim = generator.input[0].shape[-1]
-        self.num_classes = discriminator.output["cls"].shape[-1]
+        self.z_dim = generator.input[0].shape[-1] if generator is not None else None
+        self.num_classes = classifier.output.shape[-1]
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.metric_names}
         self._attack = tf.function(pgd, jit_compile=True) if attack_jit else pgd
         self._logits = lambda x: self.classifier(x, training=False)
@@ -72,12 +78,22 @@ class _AdversarialStage(keras.Model):
 
     def attack(self, x, y, eps, seed):
         return self._attack(self._logits, x, y, eps, self.pgd_steps, self.step_size_ratio * eps, seed,
-                            self.attack_loss_scale)
+                            loss_scale=self.attack_loss_scale)
 
     def sample_inputs(self, batch, seed_z, seed_y):
         z = tf.random.stateless_normal((batch, self.z_dim), seed_z)
         labels = tf.random.stateless_uniform((batch,), seed_y, 0, self.num_classes, dtype=tf.int32)
         return z, labels
+
+    def mix_generated(self, x, y, seed_z, seed_y):
+        """Replaces a fraction `gen_ratio` of the batch by G's samples (G in inference mode) of
+        random classes, as in generated-data augmentation (Gowal et al. 2021)."""
+        if not self.gen_ratio:
+            return x, y
+        n = tf.cast(tf.round(self.gen_ratio * tf.cast(tf.shape(x)[0], tf.float32)), tf.int32)
+        z, labels = self.sample_inputs(n, seed_z, seed_y)
+        fake = tf.cast(self.generator([z, labels], training=False), x.dtype)
+        return tf.concat([x[n:], fake], 0), tf.concat([y[n:], labels], 0)
 
     def record(self, **values):
         for name, value in values.items():
@@ -98,7 +114,8 @@ class RobGAN(_AdversarialStage):
 
     def __init__(self, generator, discriminator, *, fake_class_weight=0.5, n_dis=1,
                  real_rf_input="adversarial", **kwargs):
-        super().__init__(generator, discriminator, **kwargs)
+        super().__init__(classifier_from(discriminator), generator, **kwargs)
+        self.discriminator = discriminator
         if real_rf_input not in REAL_INPUTS:
             raise ValueError(f"real_rf_input must be one of {REAL_INPUTS}, got {real_rf_input!r}")
         self.fake_class_weight, self.n_dis = float(fake_class_weight), int(n_dis)
@@ -156,7 +173,8 @@ class FineTuner(_AdversarialStage):
     metric_names = ("loss", "adv_acc", "fake_adv_acc", "eps")
 
     def __init__(self, generator, discriminator, *, lam=0.5, **kwargs):
-        super().__init__(generator, discriminator, **kwargs)
+        super().__init__(classifier_from(discriminator), generator, **kwargs)
+        self.discriminator = discriminator
         self.lam = float(lam)
 
     def compile(self, optimizer, **kwargs):
@@ -164,9 +182,9 @@ class FineTuner(_AdversarialStage):
         self.ft_optimizer = optimizer
 
     def train_step(self, data):
-        x, y = data
         step = tf.convert_to_tensor(self.ft_optimizer.iterations)
-        s_attack, s_fake_attack, s_z, s_y = self.seeds(step, 4)
+        s_attack, s_fake_attack, s_z, s_y, s_mix_z, s_mix_y = self.seeds(step, 6)
+        x, y = self.mix_generated(*data, s_mix_z, s_mix_y)
         eps = self.current_eps(step)
         z, y_fake = self.sample_inputs(tf.shape(x)[0], s_z, s_y)
         x_fake = self.generator([z, y_fake], training=False)
@@ -181,3 +199,92 @@ class FineTuner(_AdversarialStage):
         self.ft_optimizer.apply_gradients(zip(tape.gradient(loss, c_vars), c_vars))
         return self.record(loss=tf.reduce_mean(losses), adv_acc=_accuracy(y, real_logits),
                            fake_adv_acc=_accuracy(y_fake, fake_logits), eps=eps)
+
+
+class _ClassifierStage(_AdversarialStage):
+    """A classifier trained alone (with a frozen generator when it mixes generated images in)."""
+
+    def compile(self, optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.c_optimizer = optimizer
+
+    def scaled_loss(self, losses):
+        """The global-batch mean of per-example `losses`, scaled for mixed precision (in the tape)."""
+        return self.c_optimizer.scale_loss(tf.nn.compute_average_loss(losses))
+
+    def update(self, tape, loss):
+        c_vars = self.classifier.trainable_variables
+        self.c_optimizer.apply_gradients(zip(tape.gradient(loss, c_vars), c_vars))
+
+
+class AdversarialTraining(_ClassifierStage):
+    """Cross-entropy on attacked images: PGD-AT (Madry et al. 2018) with k PGD steps; FGSM-RS
+    ("Fast is better than free", Wong et al. 2020) with one step of 1.25·eps from a random
+    start; standard training with `pgd_steps=0`."""
+
+    metric_names = ("loss", "adv_acc", "eps")
+
+    def train_step(self, data):
+        step = tf.convert_to_tensor(self.c_optimizer.iterations)
+        s_attack, s_z, s_y = self.seeds(step, 3)
+        x, y = self.mix_generated(*data, s_z, s_y)
+        eps = self.current_eps(step)
+        x_adv = self.attack(x, y, eps, s_attack) if self.pgd_steps else x
+        with tf.GradientTape() as tape:
+            logits = self.classifier(x_adv, training=True)
+            losses = _per_example_ce(y, logits)
+            loss = self.scaled_loss(losses)
+        self.update(tape, loss)
+        return self.record(loss=tf.reduce_mean(losses), adv_acc=_accuracy(y, logits), eps=eps)
+
+
+def _kl(p_logits, q_logits):
+    """Per-example KL(p || q) between the softmax distributions of two logit tensors."""
+    p_log = tf.nn.log_softmax(tf.cast(p_logits, tf.float32))
+    return tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(tf.cast(q_logits, tf.float32))), -1)
+
+
+class TRADES(_ClassifierStage):
+    """TRADES (Zhang et al. 2019): CE(clean) + beta·KL(f(x) || f(x')), x' maximising that KL by
+    PGD from x plus small Gaussian noise, the model in inference mode while attacking."""
+
+    metric_names = ("loss", "clean_acc", "adv_acc", "eps")
+
+    def __init__(self, classifier, generator=None, *, beta=6.0, **kwargs):
+        super().__init__(classifier, generator, **kwargs)
+        self.beta = float(beta)
+
+    def train_step(self, data):
+        step = tf.convert_to_tensor(self.c_optimizer.iterations)
+        s_attack, s_z, s_y = self.seeds(step, 3)
+        x, y = self.mix_generated(*data, s_z, s_y)
+        eps = self.current_eps(step)
+        clean = tf.stop_gradient(self._logits(x))
+        start = x + 0.001 * tf.random.stateless_normal(tf.shape(x), s_attack)
+        x_adv = self._attack(self._logits, x, y, eps, self.pgd_steps, self.step_size_ratio * eps, s_attack,
+                             loss=lambda logits: _kl(clean, logits), loss_scale=self.attack_loss_scale,
+                             x_init=start)
+        with tf.GradientTape() as tape:
+            clean_logits = self.classifier(x, training=True)
+            adv_logits = self.classifier(x_adv, training=True)
+            losses = _per_example_ce(y, clean_logits) + self.beta * _kl(clean_logits, adv_logits)
+            loss = self.scaled_loss(losses)
+        self.update(tape, loss)
+        return self.record(loss=tf.reduce_mean(losses), clean_acc=_accuracy(y, clean_logits),
+                           adv_acc=_accuracy(y, adv_logits), eps=eps)
+
+
+@keras.saving.register_keras_serializable("robgan_tf")
+class CyclicLR(keras.optimizers.schedules.LearningRateSchedule):
+    """Triangular one-cycle learning rate (Wong et al. 2020): 0 up to `peak` at 2/5 of
+    training, back to 0 at the end."""
+
+    def __init__(self, peak, total_steps):
+        self.peak, self.total_steps = float(peak), int(total_steps)
+
+    def __call__(self, step):
+        t, top = tf.cast(step, tf.float32), 0.4 * self.total_steps
+        return self.peak * tf.maximum(0.0, tf.minimum(t / top, (self.total_steps - t) / (self.total_steps - top)))
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps}

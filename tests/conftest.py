@@ -51,8 +51,7 @@ def trained_classifier(tiny_dataset):
     from robgan_tf import data
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(tiny_dataset.image_shape),
+    model = _functional(tiny_dataset.image_shape, [
         keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(4),
         keras.layers.Flatten(),
@@ -62,3 +61,44 @@ def trained_classifier(tiny_dataset):
     batches = data.TrainData(tiny_dataset.x_train, tiny_dataset.y_train, 64)
     model.fit(batches.epochs(0, 5), epochs=5, steps_per_epoch=batches.steps, verbose=0)
     return model
+
+
+def make_color_images(n, num_classes=10, seed=0):
+    """CIFAR-shaped (32x32x3) images: class c is a faint smooth colour pattern (fixed across
+    splits) plus noise, easy to learn and, for a plain model, easy to attack at eps = 8/255."""
+    patterns = np.random.default_rng(1234).normal(size=(num_classes, 4, 4, 3))
+    patterns = np.repeat(np.repeat(patterns, 8, axis=1), 8, axis=2)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n)
+    x = 0.5 + 0.02 * patterns[y] + 0.03 * rng.normal(size=(n, 32, 32, 3))
+    return (255 * x.clip(0, 1)).round().astype(np.uint8), y.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def color_classifier():
+    """A plain CNN that classifies the CIFAR-shaped images; returns (model, x_test, y_test)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x, y = make_color_images(2000, seed=0)
+    x_test, y_test = make_color_images(200, seed=1)
+    model = _functional((32, 32, 3), [
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x / 255.0, y, batch_size=64, epochs=8, verbose=0)
+    return model, x_test, y_test
+
+
+def _functional(input_shape, layers):
+    """A functional Keras model (it has .input and .output, unlike an uncalled Sequential)."""
+    import keras
+
+    inputs = keras.Input(input_shape)
+    h = inputs
+    for layer in layers:
+        h = layer(h)
+    return keras.Model(inputs, h)

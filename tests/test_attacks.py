@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from robgan_tf import evaluation
+from robgan_tf import attacks, evaluation
 from robgan_tf.attacks import pgd
 
 
@@ -18,10 +19,51 @@ def test_pgd_stays_in_eps_ball_and_pixel_range(trained_classifier, tiny_dataset)
 
 def test_pgd_lowers_accuracy_of_a_trained_model(trained_classifier, tiny_dataset):
     x, y = tiny_dataset.x_test, tiny_dataset.y_test
-    clean = evaluation.accuracy(trained_classifier, x, y)
-    robust = evaluation.pgd_accuracy(trained_classifier, x, y, eps=0.3, steps=20)
-    assert clean >= 0.95
-    assert robust <= clean - 0.5
+    result = evaluation.evaluate(evaluation.inference_fn(trained_classifier), x, y, [0.3], attack="pgd",
+                                 verbose=False)
+    assert result["clean_accuracy"] >= 0.95
+    assert result["robust_accuracy"]["pgd-20"]["0.3"] <= result["clean_accuracy"] - 0.5
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "apgd-t", "square", "autoattack"])
+def test_each_attack_breaks_a_plain_model_at_8_over_255(color_classifier, attack):
+    model, x, y = color_classifier
+    settings = evaluation.AttackSettings(square_queries=1000, apgd_targets=3)
+    result = evaluation.evaluate(evaluation.inference_fn(model), x, y, [8 / 255], attack=attack,
+                                 settings=settings, verbose=False)
+    assert result["clean_accuracy"] >= 0.9
+    name = settings.pgd_name if attack == "pgd" else attack
+    assert result["robust_accuracy"][name]["0.0313725"] <= 0.05
+    x_adv = result["adversarial"]["0.0313725"]
+    x_float = x.astype(np.float32) / 255.0
+    assert np.abs(x_adv - x_float).max() <= 8 / 255 + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    fooled = ~result["robust_examples"][name]["0.0313725"] & (evaluation.Evaluator(
+        evaluation.inference_fn(model), verbose=False).predict(x_float) == y)
+    assert np.abs(x_adv[fooled] - x_float[fooled]).max() > 4 / 255  # the counted images really moved
+
+
+def test_apgd_and_square_stay_in_the_ball_where_they_fail(trained_classifier, tiny_dataset):
+    """On a model they cannot break at this eps, every iterate must still respect the ball and [0, 1]."""
+    x = tiny_dataset.x_test[:32].astype(np.float32) / 255.0
+    y = tiny_dataset.y_test[:32].astype(np.int32)
+    logits = lambda a: trained_classifier(a, training=False)  # noqa: E731
+    seed = tf.constant([5, 6], tf.int64)
+    for x_adv in (attacks.apgd(logits, x, y, 0.05, 30, seed),
+                  attacks.apgd(logits, x, y, 0.05, 30, seed, target=(y + 1) % 4),
+                  attacks.square(logits, x, y, 0.05, 200, seed)):
+        moved = np.abs(x_adv.numpy() - x)
+        assert moved.max() <= 0.05 + 1e-6 and moved.max() > 0.04
+        assert x_adv.numpy().min() >= 0.0 and x_adv.numpy().max() <= 1.0
+
+
+def test_attack_losses():
+    logits = tf.constant([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
+    y = tf.constant([0, 2])
+    np.testing.assert_allclose(attacks.margin(logits, y), [1.0 - 3.0, 2.0 - 1.0])
+    # targeted DLR for target 1: (z_t - z_y) / (z_top1 - (z_top3 + z_top4) / 2)
+    np.testing.assert_allclose(attacks.targeted_dlr(logits, y, tf.constant([1, 1])),
+                               [(1 - 3) / (3 - (0 - 1) / 2), (2 - 1) / (2 - (0.5 + 0) / 2)], rtol=1e-6)
 
 
 def test_pgd_with_zero_eps_is_the_identity(trained_classifier, tiny_dataset):

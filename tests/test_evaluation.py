@@ -1,61 +1,123 @@
+import json
+
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
-from robgan_tf import evaluation, rundir
-from robgan_tf.callbacks import EpochReport
+import evaluate
+import train
+from robgan_tf import evaluation, export, models, report, rundir
 
-
-def _generator(ds, class_images, noise_std, z_dim=16):
-    """G(z, y) = class_images[y] + noise(z): noise_std 0 gives a collapsed generator."""
-    size = int(np.prod(ds.image_shape))
-    z = keras.Input((z_dim,))
-    y = keras.Input((), dtype="int32")
-    noise = keras.layers.Dense(size, use_bias=False,
-                               kernel_initializer=keras.initializers.RandomNormal(stddev=noise_std + 1e-12))(z)
-    template = keras.layers.Embedding(ds.num_classes, size,
-                                      embeddings_initializer=keras.initializers.Constant(class_images))(y)
-    image = keras.layers.Reshape(ds.image_shape)(keras.layers.Add()([template, noise]))
-    return keras.Model([z, y], image)
+from conftest import TINY_TRAIN_ARGS
 
 
-def _class_means(ds):
-    x = ds.x_train.astype(np.float32) / 255.0
-    return np.stack([x[ds.y_train == c].mean(0).ravel() for c in range(ds.num_classes)])
+def masked(classifier, kind):
+    """The classifier behind a gradient-masking defence: rounded inputs, or a saturated softmax."""
+    inputs = keras.Input(classifier.input_shape[1:])
+    if kind == "rounded input":
+        rounded = keras.layers.Lambda(lambda t: tf.stop_gradient(tf.round(t * 4) / 4))(inputs)
+        return keras.Model(inputs, classifier(rounded))
+    return keras.Model(inputs, keras.layers.Lambda(lambda t: 1e4 * t)(classifier(inputs)))
 
 
-def test_constant_gray_generator_is_reported_as_collapsed(tiny_dataset, trained_classifier, tmp_path, capsys):
-    size = int(np.prod(tiny_dataset.image_shape))
-    gray = _generator(tiny_dataset, np.full((tiny_dataset.num_classes, size), 0.5), noise_std=0.0)
-    quality = evaluation.GeneratorQuality(tiny_dataset, trained_classifier, per_class=20)
-    scores = quality(gray)
-    assert scores["sample_diversity"] < 1e-3
-    assert evaluation.collapse_warning(scores) is not None
-
-    (tmp_path / rundir.SAMPLES).mkdir()
-    report = EpochReport(str(tmp_path), "cotrain", 0, gray, quality, tiny_dataset.class_names)
-    report.on_epoch_begin(0)
-    report.on_epoch_end(0, {"d_loss": 1.0})
-    assert "GENERATOR COLLAPSE SUSPECTED" in capsys.readouterr().out
-    assert (tmp_path / rundir.SAMPLES / "epoch_001.png").is_file()
-    assert "cotrain,1" in (tmp_path / rundir.METRICS_CSV).read_text()
+FAST = evaluation.AttackSettings(apgd_steps=50, apgd_targets=3, square_queries=300)
 
 
-def test_class_correct_diverse_generator_passes(tiny_dataset, trained_classifier):
-    good = _generator(tiny_dataset, _class_means(tiny_dataset), noise_std=0.02)
-    scores = evaluation.GeneratorQuality(tiny_dataset, trained_classifier, per_class=20)(good)
-    assert scores["gan_test_accuracy"] > 0.9
-    assert 0.3 < scores["sample_diversity"] < 3.0
-    assert evaluation.collapse_warning(scores) is None
+def test_autoattack_orders_the_attacks_and_passes_the_masking_checks(trained_classifier, tiny_dataset):
+    x, y = tiny_dataset.x_test, tiny_dataset.y_test
+    result = evaluation.evaluate(evaluation.inference_fn(trained_classifier), x, y, [0.3], settings=FAST,
+                                 check_masking=True, large_eps=1.0, verbose=False)
+    acc = {a: v["0.3"] for a, v in result["robust_accuracy"].items() if "0.3" in v}
+    assert acc["autoattack"] <= acc["apgd-ce"] <= acc["pgd-20"] <= result["clean_accuracy"]
+    assert acc["autoattack"] < result["clean_accuracy"] - 0.2  # the attacks bite at this eps
+    stages = result["autoattack_stages"]["0.3"]
+    assert stages["apgd-ce"] >= stages["apgd-t"] >= stages["square"] == acc["autoattack"]
+    assert set(result["robust_accuracy"]["pgd-20"]) == {"0.1", "0.2", "0.3", "1"}
+    checks = {c["check"]: c["passed"] for c in result["masking_checks"]}
+    assert all(checks.values()), result["masking_checks"]
 
 
-def test_diverse_but_wrong_class_generator_is_flagged(tiny_dataset, trained_classifier):
-    shifted = np.roll(_class_means(tiny_dataset), 1, axis=0)  # every class draws the next class's images
-    scores = evaluation.GeneratorQuality(tiny_dataset, trained_classifier, per_class=20)(
-        _generator(tiny_dataset, shifted, noise_std=0.02))
-    assert scores["gan_test_accuracy"] < 0.2
-    assert "GAN-test accuracy" in evaluation.collapse_warning(scores)
+@pytest.mark.parametrize("kind", ["rounded input", "saturated softmax"])
+def test_masking_checks_flag_a_masked_model(trained_classifier, tiny_dataset, kind):
+    model = masked(trained_classifier, kind)
+    x, y = tiny_dataset.x_test, tiny_dataset.y_test
+    result = evaluation.evaluate(evaluation.inference_fn(model), x, y, [0.3], settings=FAST,
+                                 check_masking=True, large_eps=1.0, verbose=False)
+    failed = [c["check"] for c in result["masking_checks"] if c["passed"] is False]
+    assert "white-box accuracy < 2% at a large eps" in failed, result["masking_checks"]
+    assert report.build(result)["possible_gradient_masking"]
 
 
-def test_mean_pairwise_distance():
-    pts = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
-    assert evaluation.mean_pairwise_distance(pts) == np.float64((5 + 0 + 5) / 3)
+def test_wilson_interval():
+    low, high = evaluation.wilson_interval(0.5, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = evaluation.wilson_interval(1.0, 50)
+    assert high == 1.0 and low == pytest.approx(0.9287, abs=1e-4)
+
+
+def test_float16_model_is_evaluated_in_float32(tiny_dataset):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.classifier_from(models.build_discriminator(tiny_dataset.image_shape, 4, width=4, depth=2))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy = evaluation.float32_copy(model)
+    assert copy.output.dtype == "float32" and all(
+        layer.dtype_policy.compute_dtype == "float32" for layer in copy._flatten_layers())
+    x = tiny_dataset.x_test[:8].astype(np.float32) / 255.0
+    np.testing.assert_allclose(copy(x), tf.cast(model(x), tf.float32), atol=0.05)
+    plain = models.classifier_from(models.build_discriminator(tiny_dataset.image_shape, 4, width=4, depth=2))
+    assert evaluation.float32_copy(plain) is plain
+
+
+def test_saved_model_export_evaluates_like_the_keras_model(trained_classifier, tiny_dataset, tmp_path):
+    path = export.export_classifier(trained_classifier, tiny_dataset.class_names, str(tmp_path), "tiny")
+    x, y = tiny_dataset.x_test, tiny_dataset.y_test
+    results = [evaluation.evaluate(fn, x, y, [0.3], attack="pgd", verbose=False)
+               for fn in (evaluation.inference_fn(trained_classifier), evaluation.load_classifier(path),
+                          evaluation.load_classifier(str(tmp_path / "tiny")))]
+    accuracies = [r["robust_accuracy"]["pgd-20"]["0.3"] for r in results]
+    assert max(accuracies) - min(accuracies) <= 1 / len(y), accuracies
+    assert accuracies[0] < 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    args = TINY_TRAIN_ARGS + ["--data-dir", str(tiny_data_dir), "--out", str(out), "--epochs", "1",
+                              "--finetune-epochs", "0"]
+    assert train.main(args) == 0
+    return out
+
+
+def test_evaluate_cli_writes_the_report(tiny_run, tiny_data_dir, capsys):
+    args = ["--model", str(tiny_run), "--data-dir", str(tiny_data_dir), "--n-examples", "64", "--eps", "0.05",
+            "0.1", "--apgd-steps", "20", "--square-queries", "100", "--check-masking", "--large-eps", "1"]
+    assert evaluate.main(args) == 0
+    out = tiny_run / "evaluation"
+    report_json = json.loads((out / report.REPORT_JSON).read_text())
+    assert report_json["dataset"] == "tiny" and report_json["n_examples"] == 64 and report_json["split"] == "test"
+    for attack in ("pgd-20", "apgd-ce", "autoattack"):
+        for eps in ("0.05", "0.1"):
+            acc = report_json["robust_accuracy"][attack][eps]
+            low, high = report_json["robust_accuracy_ci95"][attack][eps]
+            assert low <= acc <= high
+    assert report_json["robust_accuracy"]["pgd-20"]["1"] <= 0.02  # the tiny Rob-GAN classifier is not masked
+    assert "| autoattack | 0.1 |" in (out / report.REPORT_MD).read_text()
+    for name in (report.CURVE_PNG, report.EXAMPLES_PNG, report.ROBUST_EXAMPLES):
+        assert (out / name).stat().st_size > 1000, name
+    assert "Gradient-masking checks" in capsys.readouterr().out
+
+
+def test_evaluate_cli_errors_are_one_clear_line(tiny_run, tiny_data_dir, tmp_path, capsys):
+    assert evaluate.main(["--model", str(tmp_path / "nothing"), "--dataset", "tiny",
+                          "--data-dir", str(tiny_data_dir)]) == 1
+    assert "neither a run directory" in capsys.readouterr().err
+    wrong = tmp_path / "data"
+    wrong.mkdir()
+    np.savez(wrong / "tiny_test.npz", x=np.zeros((8, 28, 28, 1), np.uint8), y=np.zeros(8, np.uint8))
+    np.savez(wrong / "tiny_train.npz", x=np.zeros((8, 28, 28, 1), np.uint8), y=np.zeros(8, np.uint8))
+    assert evaluate.main(["--model", str(tiny_run / rundir.CLASSIFIER), "--dataset", "tiny",
+                          "--data-dir", str(wrong)]) == 1
+    assert "does not take tiny images of shape (28, 28, 1)" in capsys.readouterr().err

@@ -1,5 +1,4 @@
 import json
-import os
 
 import numpy as np
 import pytest
@@ -169,3 +168,32 @@ def test_mixed_precision_run_keeps_losses_finite(tiny_data_dir, tmp_path, precis
     classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
     assert classifier.get_layer("block0").compute_dtype == precision.split("_")[1]
     assert classifier.output.dtype == "float32"
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "fgsm-rs", "trades"])
+def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, method):
+    import keras
+
+    out = tmp_path / method
+    assert run(tiny_data_dir, out, "--method", method, "--epochs", "2") == 0
+    for name in (rundir.CONFIG, rundir.DISCRIMINATOR, rundir.CLASSIFIER, rundir.METRICS_CSV, rundir.METRICS_JSON):
+        assert (out / name).is_file(), name
+    assert not (out / rundir.GENERATOR).exists()
+    metrics = json.loads((out / rundir.METRICS_JSON).read_text())
+    assert metrics["method"] == method and 0 <= metrics["pgd20_accuracy"] <= metrics["clean_accuracy"] <= 1
+    assert "gan_test_accuracy" not in metrics
+    rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [["train", "1"], ["train", "2"]]
+    assert keras.saving.load_model(out / rundir.CLASSIFIER).output.shape[-1] == 4
+
+
+def test_generated_data_mixing_needs_and_uses_a_generator(tiny_data_dir, tmp_path, capsys):
+    robgan_run = tmp_path / "robgan"
+    assert run(tiny_data_dir, robgan_run, "--epochs", "1", "--finetune-epochs", "1", "--gen-ratio", "0.25") == 0
+    assert run(tiny_data_dir, tmp_path / "a", "--method", "pgd-at", "--gen-ratio", "0.5") == 1
+    assert "needs --generator" in capsys.readouterr().err
+    out = tmp_path / "mixed"
+    assert run(tiny_data_dir, out, "--method", "trades", "--epochs", "1", "--gen-ratio", "0.5",
+               "--generator", str(robgan_run / rundir.GENERATOR)) == 0
+    metrics = json.loads((out / rundir.METRICS_JSON).read_text())
+    assert 0 <= metrics["gan_test_accuracy"] <= 1  # the mixed-in generator is scored too

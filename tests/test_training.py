@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from robgan_tf import data, models
-from robgan_tf.training import FineTuner, RobGAN
+from robgan_tf.callbacks import OverfitGuard
+from robgan_tf.training import TRADES, AdversarialTraining, CyclicLR, FineTuner, RobGAN
 
 
 def _models(ds, spectral_norm="head"):
@@ -74,3 +75,61 @@ def test_eps_warmup_ramps_linearly_to_target(tiny_dataset):
     eps = [float(model.current_eps(tf.constant(s))) for s in (0, 4, 9, 50)]
     np.testing.assert_allclose(eps, [0.03, 0.15, 0.3, 0.3], rtol=1e-6)
     assert float(RobGAN(g, d, eps=0.3, pgd_steps=1).current_eps(tf.constant(0))) == pytest.approx(0.3)
+
+
+BASELINES = {
+    "pgd-at": lambda c, g=None, **kw: AdversarialTraining(c, g, eps=0.1, pgd_steps=3, **kw),
+    "fgsm-rs": lambda c, g=None, **kw: AdversarialTraining(c, g, eps=0.1, pgd_steps=1, pgd_step_size=0.125, **kw),
+    "trades": lambda c, g=None, **kw: TRADES(c, g, eps=0.1, pgd_steps=3, beta=6.0, **kw),
+}
+
+
+@pytest.mark.parametrize("method", sorted(BASELINES))
+@pytest.mark.parametrize("gen_ratio", [0.0, 0.25])
+def test_baseline_step_updates_the_classifier_with_finite_metrics(tiny_dataset, method, gen_ratio):
+    g, d = _models(tiny_dataset)
+    classifier = models.classifier_from(d)
+    model = BASELINES[method](classifier, g if gen_ratio else None, gen_ratio=gen_ratio)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    c0, g0 = _weights(classifier), _weights(g)
+    history = model.fit(tf.data.Dataset.from_tensors(_batch(tiny_dataset)), epochs=1, verbose=0).history
+    assert set(history) == set(type(model).metric_names)
+    assert all(np.isfinite(v[-1]) for v in history.values())
+    assert all(_changed(c0, classifier)), "every classifier weight should move"
+    assert not any(_changed(g0, g)), "a mixed-in generator stays frozen"
+
+
+def test_generated_images_replace_the_asked_fraction_of_the_batch(tiny_dataset):
+    g, d = _models(tiny_dataset)
+    model = AdversarialTraining(models.classifier_from(d), g, eps=0.1, pgd_steps=1, gen_ratio=0.25)
+    x, y = _batch(tiny_dataset)
+    seeds = model.seeds(tf.constant(0), 2)
+    mixed_x, mixed_y = model.mix_generated(x, y, *seeds)
+    assert mixed_x.shape == x.shape and mixed_y.shape == y.shape
+    np.testing.assert_array_equal(mixed_x[:12], x[4:])
+    z, labels = model.sample_inputs(4, *seeds)
+    np.testing.assert_array_equal(mixed_y[12:], labels)
+    np.testing.assert_allclose(mixed_x[12:], g([z, labels], training=False), atol=1e-6)
+
+
+def test_fgsm_rs_guard_stops_and_restores_weights_on_catastrophic_overfitting(tiny_dataset, trained_classifier):
+    classifier = keras.models.clone_model(trained_classifier)
+    classifier.set_weights(trained_classifier.get_weights())
+    model = AdversarialTraining(classifier, eps=0.05, pgd_steps=1, pgd_step_size=0.0625)
+    guard = OverfitGuard(tiny_dataset.x_train[:64], tiny_dataset.y_train[:64], eps=0.05, every=1)
+    guard.set_model(model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.c_optimizer.build(classifier.trainable_variables)
+    good = _weights(classifier)
+    guard.on_train_batch_end(0, {"eps": 0.05})  # robust at this eps: the best so far
+    assert guard.best >= 0.9 and guard.fired is None and not model.stop_training
+    for v in classifier.trainable_variables:  # the collapse: a classifier robust to nothing
+        v.assign(tf.random.normal(v.shape, stddev=0.01))
+    guard.on_train_batch_end(1, {"eps": 0.05})
+    assert guard.fired and guard.fired["pgd10_accuracy"] < 0.5 and model.stop_training
+    assert not any(_changed(good, classifier)), "the last good weights come back"
+
+
+def test_cyclic_learning_rate_is_a_triangle_peaking_at_two_fifths():
+    schedule = CyclicLR(0.2, 100)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 20, 40, 70, 100)], [0, 0.1, 0.2, 0.1, 0], atol=1e-7)

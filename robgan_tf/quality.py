@@ -1,0 +1,103 @@
+"""Generator quality: is G's output recognisable and diverse, or has it collapsed?
+
+Two numbers: GAN-test accuracy (a plain classifier trained on the real training set labels G's
+class-conditional samples) and the per-class sample diversity relative to real images (mean
+pairwise L2 distance within a class). A collapsed generator scores near chance on the first
+and near 0 on the second.
+"""
+
+import keras
+import numpy as np
+
+from robgan_tf import data
+from robgan_tf.evaluation import accuracy
+
+COLLAPSE_GAN_TEST = 0.5
+COLLAPSE_DIVERSITY = 0.3
+
+
+def build_reference_classifier(image_shape, num_classes):
+    """The small plain CNN behind GAN-test accuracy."""
+    inputs = keras.Input(image_shape)
+    h = inputs
+    for filters in (32, 64):
+        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(h)
+        h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(h))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(h), name="gan_test_classifier")
+
+
+def train_reference_classifier(dataset, epochs=2, limit=20_000, seed=0, verbose="auto"):
+    """Trains the GAN-test classifier briefly on real training images (its accuracy on real test
+    images is `GeneratorQuality.reference_accuracy`)."""
+    keras.utils.set_random_seed(seed)
+    model = build_reference_classifier(dataset.image_shape, dataset.num_classes)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data.subset(dataset.x_train, dataset.y_train, limit, seed)
+    batches = data.TrainData(x, y, 128, seed=seed)
+    model.fit(batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps, verbose=verbose)
+    return model
+
+
+def generate(generator, labels, seed=0, batch_size=500):
+    """Class-conditional samples as float32 numpy images in [0, 1], G in inference mode."""
+    labels = np.asarray(labels, np.int32)
+    z_dim = generator.input[0].shape[-1]
+    z = np.random.default_rng(seed).standard_normal((len(labels), z_dim)).astype(np.float32)
+    return np.concatenate([np.asarray(generator([z[i:i + batch_size], labels[i:i + batch_size]],
+                                                training=False))
+                           for i in range(0, len(labels), batch_size)])
+
+
+def mean_pairwise_distance(images):
+    """Mean L2 distance between distinct pairs of images (flattened)."""
+    flat = np.asarray(images, np.float64).reshape(len(images), -1)
+    sq = np.sum(flat ** 2, 1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0.0)
+    n = len(flat)
+    return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean())
+
+
+def per_class_diversity(images, labels):
+    labels = np.asarray(labels)
+    return np.array([mean_pairwise_distance(images[labels == c]) for c in np.unique(labels)])
+
+
+class GeneratorQuality:
+    """Scores a generator against real data: GAN-test accuracy and relative sample diversity."""
+
+    def __init__(self, dataset, reference_classifier, per_class=100, seed=0):
+        self.reference = reference_classifier
+        self.labels = np.repeat(np.arange(dataset.num_classes), per_class)
+        self.seed = seed
+        x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
+        self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
+        self.reference_accuracy = accuracy(reference_classifier,
+                                           *data.subset(dataset.x_test, dataset.y_test, 2000, seed))
+
+    def __call__(self, generator):
+        samples = generate(generator, self.labels, self.seed)
+        gan_test = accuracy(self.reference, samples, self.labels)
+        ratio = per_class_diversity(samples, self.labels) / np.maximum(self.real_diversity, 1e-12)
+        return {"gan_test_accuracy": gan_test, "sample_diversity": float(ratio.mean()),
+                "min_class_diversity": float(ratio.min()), "gan_test_reference_accuracy": self.reference_accuracy}
+
+
+def collapse_warning(quality):
+    """A loud message when the quality numbers signal a collapsed or unconditional generator.
+
+    GAN-test accuracy is judged against what the reference classifier scores on real test images
+    (it cannot recognise samples better than real images): below half of that is a warning.
+    """
+    problems = []
+    if quality["sample_diversity"] < COLLAPSE_DIVERSITY:
+        problems.append(f"sample diversity {quality['sample_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
+    limit = COLLAPSE_GAN_TEST * quality.get("gan_test_reference_accuracy", 1.0)
+    if quality["gan_test_accuracy"] < limit:
+        problems.append(f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {limit:.2f}, half the "
+                        f"reference classifier's accuracy on real images)")
+    if not problems:
+        return None
+    return ("WARNING: GENERATOR COLLAPSE SUSPECTED: " + "; ".join(problems) +
+            ". Samples are not diverse or not recognisable as their class; see samples/.")

@@ -1,0 +1,48 @@
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import study  # noqa: E402
+
+
+def test_mcnemar_exact_p_value():
+    a = np.array([True] * 10 + [False] * 90)
+    b = np.array([False] * 10 + [False] * 90)
+    assert study.mcnemar_p(a, b) == 2 * 0.5 ** 10  # 10 discordant pairs, all one way
+    assert study.mcnemar_p(a, a) == 1.0
+    c = np.array([True] * 5 + [False] * 5 + [True] * 5 + [False] * 85)
+    assert study.mcnemar_p(a, c) == 1.0  # 5 each way
+
+
+def test_study_refuses_to_start_next_to_another_run(monkeypatch, capsys):
+    monkeypatch.setattr(study, "other_runs", lambda: ["123: python train.py --dataset mnist"])
+    assert study.main(["--dataset", "tiny"]) == 1
+    assert "other training or test runs" in capsys.readouterr().err
+
+
+def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "other_runs", lambda: [])  # pytest itself is a test run
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n")
+    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at",
+            "--budget-minutes", "0.05", "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
+            "--eval-examples", "40", "--square-queries", "50", "--apgd-targets", "3",
+            "--set", "width=4", "g_width=4", "depth=2", "batch_size=32", "pgd_steps=2", "eps=0.1",
+            "train_limit=128", "eps_warmup_epochs=0.5"]
+    assert study.main(args) == 0
+    state = json.loads((tmp_path / "study" / "study.json").read_text())
+    for method in ("robgan", "pgd-at"):
+        entry = state["methods"][method]
+        assert entry["trained"] and entry["config"]["epochs"] >= 1 and entry["load_average"]["max"] >= 0
+    assert state["methods"]["pgd-at"]["config"]["finetune_epochs"] == 0
+    text = benchmarks.read_text()
+    assert "<!-- study:tiny -->" in text and "| robgan |" in text and "| pgd-at |" in text and "McNemar" in text
+    assert (tmp_path / "study" / "study.png").stat().st_size > 1000
+    before = (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime
+    assert study.main(args) == 0  # a finished study is not redone
+    assert (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime == before
+    assert benchmarks.read_text().count("<!-- study:tiny -->") == 1

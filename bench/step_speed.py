@@ -1,0 +1,214 @@
+"""Training-step speed and memory against the hardware limit: python bench/step_speed.py
+
+For MNIST and CIFAR-10 it times, each in its own process (so peak memory is its own):
+  plain     a standard training step of the classifier (D's trunk and class head)
+  pgd-at    a PGD-k adversarial-training step
+  robgan    a Rob-GAN co-training step (D and G updates)
+  finetune  a Rob-GAN fine-tuning step
+  pass-d    one forward+backward pass of D (both heads) over the batch: the unit of cost
+  pass-g    one forward+backward pass of G over the batch (and fwd-g: a forward pass alone)
+in three modes: eager (run_eagerly), function (tf.function, train.py's default) and xla
+(jit_compile). Images/second is the median over timed windows after warm-up. Each step's
+cost is then stated as a multiple of its limit, the passes the algorithm cannot avoid:
+  plain 1·D,  pgd-at (k+1)·D,  robgan (k + r + 1)·D + 1·G  (r = D's batches per update:
+  attacked reals, clean reals when D's real/fake head sees them, fakes; G's update is one pass
+  of G and one of D),  finetune (2k + 2)·D + fwd-G.
+With --pipeline-check it also times pgd-at and robgan fed by the real input pipeline, against
+a batch already in memory.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PRESETS = {  # quick: the CPU-sized widths of train.py's MNIST default; full: paper scale
+    "quick": {"mnist": dict(width=32, g_width=32, depth=3, pgd_steps=10, batch_size=64),
+              "cifar10": dict(width=32, g_width=64, depth=4, pgd_steps=7, batch_size=64)},
+    "full": {"mnist": dict(width=64, g_width=64, depth=4, pgd_steps=40, batch_size=64),
+             "cifar10": dict(width=128, g_width=256, depth=4, pgd_steps=7, batch_size=64)},
+}
+STEPS = ("pass-d", "pass-g", "fwd-g", "plain", "pgd-at", "robgan", "finetune")
+MODES = ("eager", "function", "xla")
+
+
+def child(spec):
+    """Runs one configuration in this process and returns its measurements."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from robgan_tf import data, models, runner
+
+    dataset = data.load(spec["dataset"], spec["data_dir"])
+    step, mode = spec["step"], spec["mode"]
+    method = {"plain": "pgd-at", "pgd-at": "pgd-at"}.get(step, "robgan")
+    config = {**runner.default_config(spec["dataset"]), **spec["model"], "method": method, "xla": mode == "xla"}
+    if step == "plain":
+        config["pgd_steps"] = 0
+    batch = config["batch_size"]
+    keras.utils.set_random_seed(0)
+    x = data.to_float(dataset.x_train[:batch])
+    y = tf.constant(dataset.y_train[:batch].astype(np.int32))
+
+    if step in ("pass-d", "pass-g", "fwd-g"):
+        generator = models.build_generator(dataset.image_shape, dataset.num_classes, config["g_width"])
+        discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config["width"],
+                                                   config["depth"], config["spectral_norm"])
+        z = tf.random.normal((batch, config["z_dim"]))
+
+        def one_pass():
+            with tf.GradientTape() as tape:
+                if step == "pass-d":
+                    out = discriminator(x, training=True)
+                    loss = tf.reduce_sum(out["adv"]) + tf.reduce_sum(out["cls"])
+                else:
+                    loss = tf.reduce_sum(generator([z, y], training=True))
+            if step == "fwd-g":
+                return loss
+            variables = (discriminator if step == "pass-d" else generator).trainable_variables
+            return tape.gradient(loss, variables)
+        run = one_pass if mode == "eager" else tf.function(one_pass, jit_compile=mode == "xla")
+    else:
+        parts = runner.build(config, dataset, 1000, 1000)
+        model = runner.stage_model("finetune" if step == "finetune" else "main", parts, config)
+        model.run_eagerly = mode == "eager"
+        if spec.get("pipeline"):
+            batches = data.TrainData(dataset.x_train, dataset.y_train, batch, config["augment"]).epochs(0, 1000)
+        else:
+            batches = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
+        model.make_train_function()
+        iterator = iter(batches)
+        run = lambda: model.train_function(iterator)  # noqa: E731
+
+    started = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, run())
+    first = time.perf_counter() - started
+    for _ in range(spec["warmup"] - 1):
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, run())
+    windows = []
+    for _ in range(spec["windows"]):
+        started = time.perf_counter()
+        for _ in range(spec["window_steps"]):
+            out = run()
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)  # wait for the device
+        windows.append((time.perf_counter() - started) / spec["window_steps"])
+    seconds = statistics.median(windows)
+    return {"seconds_per_step": seconds, "images_per_second": batch / seconds, "first_step_seconds": first,
+            "window_seconds": windows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def limits(cfg, real_rf_input):
+    """Passes of D and G each step needs: {step: (D passes, G passes, G forward passes)}."""
+    k = cfg["pgd_steps"]
+    d_batches = 3 if real_rf_input == "clean" else 2
+    return {"plain": (1, 0, 0), "pgd-at": (k + 1, 0, 0), "robgan": (k + d_batches + 1, 1, 0),
+            "finetune": (2 * k + 2, 0, 1)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="paper-scale models instead of the --quick CPU preset")
+    p.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"])
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
+    p.add_argument("--windows", type=int, default=5, help="timed windows per configuration (median reported)")
+    p.add_argument("--window-steps", type=int, default=3, help="steps per timed window")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one traces)")
+    p.add_argument("--pipeline-check", action="store_true",
+                   help="also time pgd-at and robgan fed by the real input pipeline (function mode)")
+    p.add_argument("--out", default=os.path.join("bench", "results", "step_speed.json"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        return 0
+
+    from robgan_tf import runner
+
+    preset = PRESETS["full" if args.full else "quick"]
+    plan = [(d, s, m, False) for d in args.datasets for s in args.steps for m in args.modes]
+    if args.pipeline_check:
+        plan += [(d, s, "function", True) for d in args.datasets for s in ("pgd-at", "robgan")]
+    rows, started = [], time.time()
+    for dataset, step, mode, pipeline in plan:
+        quick_eager = mode == "eager"
+        spec = {"dataset": dataset, "data_dir": args.data_dir, "model": preset[dataset], "step": step,
+                "mode": mode, "pipeline": pipeline, "warmup": 1 if quick_eager else args.warmup,
+                "windows": 3 if quick_eager else args.windows, "window_steps": 1 if quick_eager else args.window_steps}
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                              capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{dataset} {step} {mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            rows.append({"dataset": dataset, "step": step, "mode": mode, "pipeline": pipeline, "error":
+                         proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no result"})
+            continue
+        row = {"dataset": dataset, "step": step, "mode": mode, "pipeline": pipeline, **json.loads(lines[0][7:])}
+        rows.append(row)
+        print(f"{dataset:8s} {step:9s} {mode:8s}{' pipeline' if pipeline else ''}: "
+              f"{row['images_per_second']:8.1f} img/s, {1000 * row['seconds_per_step']:8.1f} ms/step, "
+              f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
+
+    summary = summarise(rows, preset, {d: runner.default_config(d)["real_rf_input"] for d in args.datasets})
+    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpus": os.cpu_count()},
+              "command": "python bench/step_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "preset": "full" if args.full else "quick", "models": preset, "rows": rows, "summary": summary,
+              "wall_seconds": round(time.time() - started, 1)}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(table(summary))
+    print(f"wrote {args.out} ({result['wall_seconds']:.0f} s)")
+    return 0
+
+
+def summarise(rows, preset, real_rf_inputs):
+    """Per dataset and step: ms/step per mode, the default mode against the fastest, the cost
+    as a multiple of the limit (in the default mode), and the input-pipeline overhead."""
+    timing = {(r["dataset"], r["step"], r["mode"], r["pipeline"]): r["seconds_per_step"]
+              for r in rows if "error" not in r}
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        d_pass = timing.get((dataset, "pass-d", "function", False))
+        g_pass = timing.get((dataset, "pass-g", "function", False))
+        g_fwd = timing.get((dataset, "fwd-g", "function", False))
+        need = limits(preset[dataset], real_rf_inputs[dataset])
+        for step in dict.fromkeys(r["step"] for r in rows if r["dataset"] == dataset):
+            modes = {m: timing[(dataset, step, m, False)] for m in MODES if (dataset, step, m, False) in timing}
+            if not modes:
+                continue
+            row = {"dataset": dataset, "step": step, **{f"{m}_ms": round(1000 * t, 1) for m, t in modes.items()}}
+            if "function" in modes:
+                row["default_vs_fastest"] = round(modes["function"] / min(modes.values()), 3)
+            if step in need and d_pass and "function" in modes:
+                n_d, n_g, n_gf = need[step]
+                limit = n_d * d_pass + n_g * (g_pass or 0) + n_gf * (g_fwd or 0)
+                row["limit_ms"] = round(1000 * limit, 1)
+                row["cost_vs_limit"] = round(modes["function"] / limit, 3)
+            piped = timing.get((dataset, step, "function", True))
+            if piped and "function" in modes:
+                row["pipeline_vs_in_memory"] = round(piped / modes["function"], 3)
+            out.append(row)
+    return out
+
+
+def table(summary):
+    columns = ("dataset", "step", "eager_ms", "function_ms", "xla_ms", "default_vs_fastest", "limit_ms",
+               "cost_vs_limit", "pipeline_vs_in_memory")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in summary]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

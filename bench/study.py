@@ -1,0 +1,265 @@
+"""Rob-GAN against the baselines at equal training time: python bench/study.py --dataset mnist
+
+For each method: time its training step (runner.probe_step_seconds) and size its epochs, and
+with them its eps warm-up and learning-rate schedule, to the budget; train it (runner.train,
+resumable); evaluate it with the autoattack composition on the same test examples
+(evaluation.evaluate, kept on disk); then write a table with Wilson 95% intervals and an exact
+McNemar test of Rob-GAN against PGD-AT on the same examples, a bar chart, and the study's
+section of BENCHMARKS.md. A method already trained or evaluated is not redone, so a study can
+be completed over several sessions. It refuses to start while another training or test runs.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from robgan_tf import data, evaluation, plots, report, rundir, runner  # noqa: E402
+
+VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
+    "robgan": {"method": "robgan"},
+    "robgan+gen": {"method": "robgan", "gen_ratio": 0.3},
+    "pgd-at": {"method": "pgd-at"},
+    "pgd-at+gen": {"method": "pgd-at", "gen_ratio": 0.3, "generator": "{robgan}/generator.keras"},
+    "fgsm-rs": {"method": "fgsm-rs"},
+    "trades": {"method": "trades"},
+}
+BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
+
+
+def other_runs():
+    """Command lines of other processes training, testing or benchmarking on this machine."""
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if int(pid) not in mine and "python" in cmd and any(b in cmd for b in BUSY):
+            found.append(f"{pid}: {cmd[:120]}")
+    return found
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every `every` seconds while training runs."""
+
+    def __init__(self, every=30.0):
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self.samples.append(os.getloadavg()[0])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+def sized_config(base, dataset, budget_seconds, step_seconds):
+    """Epochs (and fine-tuning epochs, eps warm-up) that fit the training budget."""
+    config = dict(base)
+    n_dis = config["n_dis"] if config["method"] == "robgan" else 1
+    images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
+    steps = images // (config["batch_size"] * n_dis)
+    if config["method"] == "robgan":  # keep the defaults' split of time between the two stages
+        main, ft = config["epochs"] * step_seconds["main"], config["finetune_epochs"] * step_seconds["finetune"]
+        scale = budget_seconds / (steps * (main + ft))
+        config["epochs"] = max(1, int(config["epochs"] * scale))
+        left = budget_seconds - config["epochs"] * steps * step_seconds["main"]
+        config["finetune_epochs"] = max(0, int(left / (steps * step_seconds["finetune"])))
+    else:
+        config["epochs"] = max(1, int(budget_seconds / (steps * step_seconds["main"])))
+        config["finetune_epochs"] = 0
+    config["eps_warmup_epochs"] = min(config["eps_warmup_epochs"], config["epochs"] / 3)
+    return config
+
+
+def _setting(item):
+    """KEY=VALUE with VALUE read as JSON when it is (numbers, true, null), else as a string."""
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def mcnemar_p(a, b):
+    """Exact two-sided McNemar p-value for paired booleans a, b (e.g. robust per example)."""
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
+    p.add_argument("--methods", nargs="+", default=["robgan", "pgd-at", "fgsm-rs", "trades"], choices=VARIANTS)
+    p.add_argument("--budget-minutes", type=float, default=45.0, help="training wall-clock per method")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings for every method over the dataset defaults, e.g. width=32 g_width=64")
+    p.add_argument("--eval-examples", type=int, default=1000, help="stratified test examples, the same for all")
+    p.add_argument("--square-queries", type=int, default=5000, help="Square's query budget in the evaluation")
+    p.add_argument("--apgd-targets", type=int, default=9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="study folder (default: checkpoints/study-<dataset>)")
+    p.add_argument("--benchmarks", default="BENCHMARKS.md", help="Markdown file whose study section is rewritten")
+    p.add_argument("--force", action="store_true", help="start even if other training or test runs are seen")
+    args = p.parse_args(argv)
+    busy = other_runs()
+    if busy and not args.force:
+        print("error: other training or test runs are going; equal-time budgets would not be fair:\n  "
+              + "\n  ".join(busy), file=sys.stderr)
+        return 1
+    out = args.out or os.path.join("checkpoints", f"study-{args.dataset}")
+    os.makedirs(out, exist_ok=True)
+    state_path = os.path.join(out, "study.json")
+    state = {"methods": {}}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+    dataset = data.load(args.dataset, args.data_dir)
+    overrides = dict(_setting(item) for item in args.set)
+    x_eval, y_eval = data.subset(dataset.x_test, dataset.y_test, args.eval_examples, args.seed)
+    settings = evaluation.AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
+                                         seed=args.seed)
+
+    def save_state():
+        with open(state_path + ".tmp", "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(state_path + ".tmp", state_path)
+
+    for name in args.methods:
+        entry = state["methods"].setdefault(name, {})
+        run_dir = os.path.join(out, name)
+        base = {**runner.default_config(args.dataset), **overrides, "dataset": args.dataset, "seed": args.seed,
+                "eval_examples": 1000, **{k: v.format(robgan=os.path.join(out, "robgan")) if isinstance(v, str) else v
+                                          for k, v in VARIANTS[name].items()}}
+        if "config" not in entry:
+            print(f"== {name}: timing its training step ...")
+            entry["step_seconds"] = runner.probe_step_seconds(base, dataset)
+            entry["config"] = sized_config(base, dataset, 60 * args.budget_minutes, entry["step_seconds"])
+            entry["budget_minutes"] = args.budget_minutes
+            save_state()
+        config = entry["config"]
+        if not entry.get("trained"):
+            print(f"== {name}: {config['epochs']} epochs + {config['finetune_epochs']} fine-tuning epochs "
+                  f"in a {args.budget_minutes:g}-minute budget (step {entry['step_seconds']})")
+            started = time.time()
+            with LoadSampler() as load:
+                runner.train(config, dataset, run_dir)
+            entry["train_seconds"] = round(entry.get("train_seconds", 0) + time.time() - started, 1)
+            entry["load_average"] = {"mean": round(sum(load.samples) / len(load.samples), 2),
+                                     "max": round(max(load.samples), 2)}
+            entry["trained"] = True
+            save_state()
+        eval_dir = os.path.join(run_dir, "study_evaluation")
+        if not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
+            print(f"== {name}: autoattack on {len(y_eval)} test examples")
+            result = evaluation.evaluate(evaluation.load_classifier(run_dir), x_eval, y_eval, [config["eps"]],
+                                         "autoattack", settings)
+            summary = report.build(result, model=run_dir, dataset=args.dataset, seed=args.seed, attack="autoattack",
+                                   eps=[config["eps"]], settings=dataclasses.asdict(settings))
+            report.write(summary, result, eval_dir)
+    rows = table_rows(state, out, args)
+    write_outputs(rows, state, out, args)
+    return 0
+
+
+def table_rows(state, out, args):
+    rows = []
+    for name in args.methods:
+        entry = state["methods"].get(name, {})
+        eval_dir = os.path.join(out, name, "study_evaluation")
+        if not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
+            continue
+        with open(os.path.join(eval_dir, report.REPORT_JSON)) as f:
+            rep = json.load(f)
+        metrics = rundir.read_metrics_json(os.path.join(out, name))
+        eps = evaluation.eps_key(entry["config"]["eps"])
+        rows.append({"method": name, "epochs": entry["config"]["epochs"],
+                     "finetune_epochs": entry["config"]["finetune_epochs"],
+                     "train_minutes": round(entry["train_seconds"] / 60, 1), "load_average": entry["load_average"],
+                     "clean": rep["clean_accuracy"], "clean_ci95": rep["clean_accuracy_ci95"],
+                     "pgd20": rep["robust_accuracy"]["pgd-20"][eps],
+                     "pgd20_ci95": rep["robust_accuracy_ci95"]["pgd-20"][eps],
+                     "autoattack": rep["robust_accuracy"]["autoattack"][eps],
+                     "autoattack_ci95": rep["robust_accuracy_ci95"]["autoattack"][eps],
+                     "gan_test": metrics.get("gan_test_accuracy"), "early_stop": metrics.get("early_stop"),
+                     "masking": rep["possible_gradient_masking"]})
+    return rows
+
+
+def write_outputs(rows, state, out, args):
+    import numpy as np
+
+    paired = {}
+    flags = {r["method"]: np.load(os.path.join(out, r["method"], "study_evaluation", report.ROBUST_EXAMPLES))
+             for r in rows}
+    for r in rows:
+        key = next(k for k in flags[r["method"]].files if k.startswith("autoattack@"))
+        r["_robust"] = flags[r["method"]][key]
+    by_name = {r["method"]: r for r in rows}
+    if "robgan" in by_name and "pgd-at" in by_name:
+        paired["robgan_vs_pgd-at_mcnemar_p"] = mcnemar_p(by_name["robgan"]["_robust"], by_name["pgd-at"]["_robust"])
+    pct = lambda v, ci: f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"  # noqa: E731
+    lines = [f"<!-- study:{args.dataset} -->",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
+             f"Budget {args.budget_minutes:g} "
+             f"training minutes per method. Command: `python bench/study.py --dataset {args.dataset} "
+             + " ".join(f"--set {s}" for s in args.set) + f" --square-queries {args.square_queries}`. "
+             f"Evaluation: autoattack (APGD-CE, APGD-T, Square) at eps = "
+             f"{state['methods'][rows[0]['method']]['config']['eps']:.4g} on {args.eval_examples} stratified test "
+             f"examples, the same for every method; [Wilson 95% intervals].", "",
+             "| method | epochs (+FT) | train min | load avg | clean % | PGD-20 % | autoattack % | GAN-test % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gan = f"{100 * r['gan_test']:.1f}" if r["gan_test"] is not None else "–"
+        note = " (early stop)" if r["early_stop"] else ""
+        lines.append(f"| {r['method']}{note} | {r['epochs']} (+{r['finetune_epochs']}) | {r['train_minutes']} | "
+                     f"{r['load_average']['mean']} | {pct(r['clean'], r['clean_ci95'])} | "
+                     f"{pct(r['pgd20'], r['pgd20_ci95'])} | "
+                     f"{pct(r['autoattack'], r['autoattack_ci95'])} | {gan} |")
+    if paired:
+        lines += ["", f"Rob-GAN vs PGD-AT under autoattack, exact McNemar test on the same examples: "
+                      f"p = {paired['robgan_vs_pgd-at_mcnemar_p']:.3g}."]
+    lines.append(f"<!-- /study:{args.dataset} -->")
+    section = "\n".join(lines)
+    for r in rows:
+        r.pop("_robust")
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({"rows": rows, "paired": paired, "state": state}, f, indent=2)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(section + "\n")
+    plots.study_bars(rows, os.path.join(out, "study.png"), title=f"{args.dataset}, {args.budget_minutes:g} min each")
+    if os.path.exists(args.benchmarks):
+        text = open(args.benchmarks).read()
+        start, end = f"<!-- study:{args.dataset} -->", f"<!-- /study:{args.dataset} -->"
+        if start in text and end in text:
+            text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+        else:
+            text = text.rstrip() + f"\n\n## Study: {args.dataset}\n\n" + section + "\n"
+        with open(args.benchmarks, "w") as f:
+            f.write(text)
+    print(section)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,8 @@ For MNIST and CIFAR-10 it times, each in its own process (so peak memory is its 
   pass-d    one forward+backward pass of D (both heads) over the batch: the unit of cost
   pass-g    one forward+backward pass of G over the batch (and fwd-g: a forward pass alone)
 in three modes: eager (run_eagerly), function (tf.function, train.py's default) and xla
-(jit_compile). Images/second is the median over timed windows after warm-up. Each step's
+(jit_compile). Images/second is the median over timed windows after warm-up (5 windows of 3
+steps; eager and xla, slow on a CPU: 3 windows of 1 step). Each step's
 cost is then stated as a multiple of its limit, the passes the algorithm cannot avoid:
   plain 1·D,  pgd-at (k+1)·D,  robgan (k + r + 1)·D + 1·G  (r = D's batches per update:
   attacked reals, clean reals when D's real/fake head sees them, fakes; G's update is one pass
@@ -140,10 +141,10 @@ def main(argv=None):
         plan += [(d, s, "function", True) for d in args.datasets for s in ("pgd-at", "robgan")]
     rows, started = [], time.time()
     for dataset, step, mode, pipeline in plan:
-        quick_eager = mode == "eager"
+        slow = mode != "function"  # eager and (on CPU) XLA steps are slow: fewer, shorter windows
         spec = {"dataset": dataset, "data_dir": args.data_dir, "model": preset[dataset], "step": step,
-                "mode": mode, "pipeline": pipeline, "warmup": 1 if quick_eager else args.warmup,
-                "windows": 3 if quick_eager else args.windows, "window_steps": 1 if quick_eager else args.window_steps}
+                "mode": mode, "pipeline": pipeline, "warmup": 1 if slow else args.warmup,
+                "windows": 3 if slow else args.windows, "window_steps": 1 if slow else args.window_steps}
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
                               capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -102,3 +102,17 @@ def _functional(input_shape, layers):
     for layer in layers:
         h = layer(h)
     return keras.Model(inputs, h)
+
+
+@pytest.fixture
+def float16_classifier(tiny_dataset):
+    """A tiny classifier built under the mixed_float16 policy (the global policy is restored)."""
+    import keras
+
+    from robgan_tf import models
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return models.classifier_from(models.build_discriminator(tiny_dataset.image_shape, 4, width=4, depth=2))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

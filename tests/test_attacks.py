@@ -73,15 +73,8 @@ def test_pgd_with_zero_eps_is_the_identity(trained_classifier, tiny_dataset):
     np.testing.assert_array_equal(x_adv.numpy(), x)
 
 
-def test_pgd_on_a_float16_model_stays_float32_and_moves(tiny_dataset):
-    import keras
-
-    from robgan_tf import models
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        classifier = models.classifier_from(models.build_discriminator(tiny_dataset.image_shape, 4, width=4, depth=2))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_pgd_on_a_float16_model_stays_float32_and_moves(tiny_dataset, float16_classifier):
+    classifier = float16_classifier
     x = tiny_dataset.x_test[:16].astype(np.float32) / 255.0
     y = tiny_dataset.y_test[:16].astype(np.int32)
     x_adv = pgd(lambda a: classifier(a, training=False), x, y, 0.1, 5, 0.05, tf.constant([3, 4], tf.int64),

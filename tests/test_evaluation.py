@@ -56,12 +56,8 @@ def test_wilson_interval():
     assert high == 1.0 and low == pytest.approx(0.9287, abs=1e-4)
 
 
-def test_float16_model_is_evaluated_in_float32(tiny_dataset):
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = models.classifier_from(models.build_discriminator(tiny_dataset.image_shape, 4, width=4, depth=2))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_float16_model_is_evaluated_in_float32(tiny_dataset, float16_classifier):
+    model = float16_classifier
     copy = evaluation.float32_copy(model)
     assert copy.output.dtype == "float32" and all(
         layer.dtype_policy.compute_dtype == "float32" for layer in copy._flatten_layers())

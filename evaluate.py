@@ -72,8 +72,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     x, y = data.subset(dataset.x_test, dataset.y_test, args.n_examples, args.seed)
+    predictor = evaluation.Evaluator(logits_fn, verbose=False)  # for the shape check and the picture
     try:
-        evaluation.Evaluator(logits_fn, verbose=False).predict(data.to_float(x[:1]).numpy())
+        predictor.predict(data.to_float(x[:1]).numpy())
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
         print(f"error: the model does not take {dataset_name} images of shape {x.shape[1:]}: "
               f"{str(e).splitlines()[0]}", file=sys.stderr)
@@ -86,7 +87,7 @@ def main(argv=None):
     report.write(summary, result, out)
     plots.robustness_curve(result["robust_accuracy"], result["clean_accuracy"], os.path.join(out, report.CURVE_PNG),
                            title=f"{dataset_name} test, {len(y)} examples")
-    _example_grid(logits_fn, x, y, result, max(eps_values), dataset.class_names, out)
+    _example_grid(predictor, x, y, result, max(eps_values), dataset.class_names, out)
     print(report.markdown(summary))
     print(f"wrote {out}/{{{report.REPORT_JSON}, {report.REPORT_MD}, {report.CURVE_PNG}, {report.EXAMPLES_PNG}}}")
     if summary["possible_gradient_masking"]:
@@ -95,12 +96,11 @@ def main(argv=None):
     return 0
 
 
-def _example_grid(logits_fn, x, y, result, eps, class_names, out):
+def _example_grid(predictor, x, y, result, eps, class_names, out):
     """Clean and adversarial images at the largest eps, fooled examples first."""
     x = data.to_float(x).numpy()
     x_adv = result["adversarial"][evaluation.eps_key(eps)]
-    evaluator = evaluation.Evaluator(logits_fn, verbose=False)
-    clean_pred, adv_pred = evaluator.predict(x), evaluator.predict(x_adv)
+    clean_pred, adv_pred = predictor.predict(x), predictor.predict(x_adv)
     order = sorted(range(len(y)), key=lambda i: (adv_pred[i] == y[i], clean_pred[i] != y[i]))[:8]
     plots.adversarial_examples(x[order], x_adv[order], y[order], clean_pred[order], adv_pred[order], class_names,
                                os.path.join(out, report.EXAMPLES_PNG), title=f"eps={eps:.4g}")

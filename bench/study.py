@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -164,12 +165,15 @@ def main(argv=None):
                   f"in a {args.budget_minutes:g}-minute budget (step {entry['step_seconds']})")
             started = time.time()
             with LoadSampler() as load:
-                runner.train(config, dataset, run_dir)
-            entry["train_seconds"] = round(entry.get("train_seconds", 0) + time.time() - started, 1)
-            entry["load_average"] = {"mean": round(sum(load.samples) / len(load.samples), 2),
-                                     "max": round(max(load.samples), 2)}
-            entry["trained"] = True
-            save_state()
+                try:
+                    runner.train(config, dataset, run_dir)
+                    entry["trained"] = True
+                finally:  # an interrupted run keeps its time and load record and resumes next time
+                    samples = entry.get("load_samples", []) + [round(s, 2) for s in load.samples]
+                    entry["train_seconds"] = round(entry.get("train_seconds", 0) + time.time() - started, 1)
+                    entry["load_samples"] = samples
+                    entry["load_average"] = {"mean": round(sum(samples) / len(samples), 2), "max": max(samples)}
+                    save_state()
         eval_dir = os.path.join(run_dir, "study_evaluation")
         if not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
             print(f"== {name}: autoattack on {len(y_eval)} test examples")
@@ -207,6 +211,15 @@ def table_rows(state, out, args):
     return rows
 
 
+def command(args):
+    """The study.py command line that reproduces this study."""
+    parts = ["python bench/study.py", f"--dataset {args.dataset}", "--methods " + " ".join(args.methods),
+             f"--budget-minutes {args.budget_minutes:g}", f"--square-queries {args.square_queries}"]
+    if args.set:
+        parts.append("--set " + " ".join(args.set))
+    return " ".join(parts)
+
+
 def write_outputs(rows, state, out, args):
     import numpy as np
 
@@ -223,8 +236,7 @@ def write_outputs(rows, state, out, args):
     lines = [f"<!-- study:{args.dataset} -->",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
              f"Budget {args.budget_minutes:g} "
-             f"training minutes per method. Command: `python bench/study.py --dataset {args.dataset} "
-             + " ".join(f"--set {s}" for s in args.set) + f" --square-queries {args.square_queries}`. "
+             f"training minutes per method. Command: `{command(args)}`. "
              f"Evaluation: autoattack (APGD-CE, APGD-T, Square) at eps = "
              f"{state['methods'][rows[0]['method']]['config']['eps']:.4g} on {args.eval_examples} stratified test "
              f"examples, the same for every method; [Wilson 95% intervals].", "",
@@ -262,4 +274,5 @@ def write_outputs(rows, state, out, args):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # `kill` saves the study state
     sys.exit(main())

@@ -1,8 +1,10 @@
 import json
 import os
 import sys
+import time
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
@@ -46,3 +48,28 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert study.main(args) == 0  # a finished study is not redone
     assert (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime == before
     assert benchmarks.read_text().count("<!-- study:tiny -->") == 1
+
+
+def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "other_runs", lambda: [])
+    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "pgd-at", "--budget-minutes", "0.05",
+            "--out", str(tmp_path / "study"), "--benchmarks", str(tmp_path / "none.md"), "--eval-examples", "40",
+            "--square-queries", "50", "--apgd-targets", "3", "--set", "width=4", "depth=2", "batch_size=32",
+            "pgd_steps=2", "eps=0.1", "train_limit=128"]
+    real_train = study.runner.train
+
+    def interrupted(*_):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.runner, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.main(args)
+    entry = json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"]
+    assert not entry.get("trained") and entry["train_seconds"] >= 0.3 and entry["load_samples"]
+    monkeypatch.setattr(study.runner, "train", real_train)
+    assert study.main(args) == 0
+    resumed = json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"]
+    assert resumed["trained"] and resumed["train_seconds"] > entry["train_seconds"]
+    assert len(resumed["load_samples"]) > len(entry["load_samples"])
+    assert "--set width=4 depth=2" in (tmp_path / "study" / "summary.md").read_text()

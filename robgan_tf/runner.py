@@ -224,9 +224,10 @@ def stage_model(stage, parts, config, eps_warmup_steps=0):
     return model
 
 
-def probe_step_seconds(config, dataset, steps=5):
-    """Seconds per training step of each stage of `config` ({"main": s[, "finetune": s]}),
-    the median of `steps` timed steps on one in-memory batch after a traced warm-up step."""
+def probe_step_seconds(config, dataset, steps=30, warmup=3):
+    """Seconds per training step of each stage of `config` ({"main": s[, "finetune": s]}): the
+    median of `steps` timed steps on one in-memory batch after `warmup` steps (the first traces;
+    the next few are still slow and noisy on a CPU, so a short probe over-sizes the step by ~15%)."""
     batch = config["batch_size"] * (config["n_dis"] if config["method"] == "robgan" else 1)
     x, y = data.to_float(dataset.x_train[:batch]), tf.constant(dataset.y_train[:batch].astype("int32"))
     parts = build(config, dataset, 1000, 1000)
@@ -238,11 +239,11 @@ def probe_step_seconds(config, dataset, steps=5):
         batches = iter(tf.data.Dataset.from_tensors((x if stage == "main" else x[:config["batch_size"]],
                                                      y if stage == "main" else y[:config["batch_size"]])).repeat())
         times = []
-        for i in range(steps + 1):
+        for i in range(warmup + steps):
             started = time.perf_counter()
             float(step(batches)[model.metric_names[0]])
             times.append(time.perf_counter() - started)
-        seconds[stage] = sorted(times[1:])[steps // 2]
+        seconds[stage] = sorted(times[warmup:])[steps // 2]
     return seconds
 
 

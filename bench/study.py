@@ -76,12 +76,18 @@ def sized_config(base, dataset, budget_seconds, step_seconds):
     n_dis = config["n_dis"] if config["method"] == "robgan" else 1
     images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
     steps = images // (config["batch_size"] * n_dis)
-    if config["method"] == "robgan":  # keep the defaults' split of time between the two stages
+    if config["method"] == "robgan":  # the defaults' split of time between the two stages, and
+        # at least one fine-tuning epoch if they have any (it is where Rob-GAN mixes in its fakes)
         main, ft = config["epochs"] * step_seconds["main"], config["finetune_epochs"] * step_seconds["finetune"]
-        scale = budget_seconds / (steps * (main + ft))
-        config["epochs"] = max(1, int(config["epochs"] * scale))
-        left = budget_seconds - config["epochs"] * steps * step_seconds["main"]
-        config["finetune_epochs"] = max(0, int(left / (steps * step_seconds["finetune"])))
+        epochs = max(1, int(config["epochs"] * budget_seconds / (steps * (main + ft))))
+
+        def finetune_epochs(epochs):
+            left = budget_seconds - epochs * steps * step_seconds["main"]
+            return max(0, int(left / (steps * step_seconds["finetune"])))
+
+        while config["finetune_epochs"] and epochs > 1 and finetune_epochs(epochs) == 0:
+            epochs -= 1
+        config["epochs"], config["finetune_epochs"] = epochs, finetune_epochs(epochs)
     else:
         config["epochs"] = max(1, int(budget_seconds / (steps * step_seconds["main"])))
         config["finetune_epochs"] = 0

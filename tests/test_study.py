@@ -20,6 +20,46 @@ def test_mcnemar_exact_p_value():
     assert study.mcnemar_p(a, c) == 1.0  # 5 each way
 
 
+def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_dataset, monkeypatch):
+    from robgan_tf import runner
+    guards = []
+
+    class RecordedGuard(runner.OverfitGuard):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            guards.append(self)
+
+    monkeypatch.setattr(runner, "OverfitGuard", RecordedGuard)
+    tiny = {**runner.default_config("tiny"), "width": 4, "g_width": 4, "depth": 2, "batch_size": 32,
+            "pgd_steps": 2, "eps": 0.1}
+    robgan = runner.probe_step_seconds(tiny, tiny_dataset, steps=3, warmup=1, verbose=0)
+    assert set(robgan) == {"main", "finetune"} and all(0 < s < 10 for s in robgan.values())
+    fgsm = runner.probe_step_seconds({**tiny, "method": "fgsm-rs"}, tiny_dataset, steps=3, warmup=1, verbose=0)
+    assert set(fgsm) == {"main"} and 0 < fgsm["main"] < 10
+    (guard,) = guards  # ran in the probe, its first check (it traces the attack) in the warm-up
+    assert guard.steps == guard.every + 1 + 3 + 1 and guard.evaluator is not None
+
+
+def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():
+    import types
+
+    from robgan_tf import runner
+    cifar = types.SimpleNamespace(x_train=np.zeros((50000, 1, 1, 3), np.uint8), y_train=np.zeros(50000, np.uint8))
+    base = {**runner.default_config("cifar10"), "width": 32, "g_width": 64}
+    steps = 50000 // 64
+    # CIFAR-10 Rob-GAN steps as bench/step_speed.py measured them: the defaults' 100:10 split
+    # alone gives 4 co-training epochs and no fine-tuning, so no mixing of generated images.
+    rob = study.sized_config(base, cifar, 2700, {"main": 0.761, "finetune": 0.582})
+    assert (rob["epochs"], rob["finetune_epochs"]) == (3, 2)
+    assert 0.95 * 2700 < steps * (3 * 0.761 + 2 * 0.582) <= 2700
+    assert rob["eps_warmup_epochs"] == 1.0
+    pgd = study.sized_config({**base, "method": "pgd-at"}, cifar, 2700, {"main": 0.339})
+    assert (pgd["epochs"], pgd["finetune_epochs"]) == (10, 0)
+    mnist = types.SimpleNamespace(x_train=np.zeros((60000, 1, 1, 1), np.uint8), y_train=np.zeros(60000, np.uint8))
+    rob = study.sized_config(runner.default_config("mnist"), mnist, 2700, {"main": 0.417, "finetune": 0.479})
+    assert (rob["epochs"], rob["finetune_epochs"]) == (3, 3)  # the MNIST study's Rob-GAN schedule
+
+
 def test_study_refuses_to_start_next_to_another_run(monkeypatch, capsys):
     monkeypatch.setattr(study, "other_runs", lambda: ["123: python train.py --dataset mnist"])
     assert study.main(["--dataset", "tiny"]) == 1

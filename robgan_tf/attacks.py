@@ -138,23 +138,25 @@ def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75
     return tf.stop_gradient(state["x_fooled"])
 
 
-def _square_size(i, p_init, height, width):
-    """Side of the square window at iteration i: p_init halves at 10, 50, 200, 500, ... queries."""
-    halvings = tf.reduce_sum(tf.cast(i > tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]),
+def _square_size(i, p_init, height, width, n_queries):
+    """Side of the square window at iteration i of n_queries: p_init halves at 10, 50, 200, 500,
+    ... of 10,000 queries, the schedule scaled to the budget (as AutoAttack's Square does)."""
+    scaled = i * 10000 // n_queries
+    halvings = tf.reduce_sum(tf.cast(scaled > tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]),
                                      tf.float32))
     p = p_init / 2.0 ** halvings
     side = tf.cast(tf.round(tf.sqrt(p * float(height * width))), tf.int32)
     return tf.clip_by_value(side, 1, min(height, width) - 1)
 
 
-def square(logits_fn, x, y, eps, iterations, seed, p_init=0.8, x_start=None, first_iteration=0):
+def square(logits_fn, x, y, eps, iterations, seed, p_init=0.8, x_start=None, first_iteration=0, n_queries=None):
     """Square attack, L-infinity (Andriushchenko et al. 2020): black-box, scores only.
 
     Starts from vertical stripes of ±eps (one query), then each iteration sets a random square
     window of each image to x ± eps (a random sign per channel) and keeps it when the margin
     loss drops. Examples already misclassified are left alone; the loop ends early once all are.
-    To continue a run in pieces, pass its result as `x_start` and the next `first_iteration`
-    (which sets the window-size schedule).
+    To continue a run in pieces, pass its result as `x_start`, the next `first_iteration` and the
+    whole run's `n_queries` (they set the window-size schedule; by default this call is the run).
     """
     x = tf.convert_to_tensor(x, tf.float32)
     eps = tf.cast(eps, tf.float32)
@@ -166,7 +168,7 @@ def square(logits_fn, x, y, eps, iterations, seed, p_init=0.8, x_start=None, fir
     score = lambda images: margin(tf.cast(logits_fn(images), tf.float32), y)  # noqa: E731
 
     def iteration(i, x_best, best):
-        side = _square_size(i, p_init, height, width)
+        side = _square_size(i, p_init, height, width, n_queries)
         step_seed = tf.random.experimental.stateless_fold_in(seed, i)
         top = tf.random.stateless_uniform([batch], step_seed, 0, height - side + 1, tf.int32)
         left = tf.random.stateless_uniform([batch], step_seed + 1, 0, width - side + 1, tf.int32)
@@ -184,6 +186,7 @@ def square(logits_fn, x, y, eps, iterations, seed, p_init=0.8, x_start=None, fir
 
     first = tf.convert_to_tensor(first_iteration, tf.int32)
     last = first + tf.convert_to_tensor(iterations, tf.int32)
+    n_queries = last if n_queries is None else tf.convert_to_tensor(n_queries, tf.int32)
     _, x_best, _ = tf.while_loop(lambda i, _, best: (i < last) & tf.reduce_any(best < 0), iteration,
                                  (first, x_start, score(x_start)))
     return tf.stop_gradient(x_best)

@@ -157,7 +157,8 @@ class Evaluator:
                 def attempt(x, y, current, seed):
                     n = tf.constant(min(chunk, s.square_queries - 1 - first))
                     return self._square(x, y, eps_t, n, seed, s.square_p_init, first_iteration=tf.constant(first),
-                                        x_start=None if first == 0 else tf.constant(current))
+                                        x_start=None if first == 0 else tf.constant(current),
+                                        n_queries=tf.constant(s.square_queries))
                 return attempt
             return [(piece(first), True) for first in starts]
         raise ValueError(f"unknown attack {attack!r}")

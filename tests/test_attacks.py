@@ -57,6 +57,15 @@ def test_apgd_and_square_stay_in_the_ball_where_they_fail(trained_classifier, ti
         assert x_adv.numpy().min() >= 0.0 and x_adv.numpy().max() <= 1.0
 
 
+def test_square_window_schedule_scales_to_the_query_budget():
+    def side(i, n_queries):
+        return int(attacks._square_size(tf.constant(i), 0.8, 28, 28, tf.constant(n_queries)))
+
+    assert [side(i, 10000) for i in (0, 11, 9000)] == [25, 18, 1]  # sqrt(p * 784), p = 0.8 / 2^halvings
+    assert all(side(i, 1000) == side(10 * i, 10000) for i in range(0, 1000, 7))
+    assert side(999, 1000) == 1  # a 1,000-query run ends on the smallest windows too
+
+
 def test_attack_losses():
     logits = tf.constant([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
     y = tf.constant([0, 2])

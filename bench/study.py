@@ -75,15 +75,16 @@ def sized_config(base, dataset, budget_seconds, step_seconds):
     config = dict(base)
     n_dis = config["n_dis"] if config["method"] == "robgan" else 1
     images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
-    steps = images // (config["batch_size"] * n_dis)
+    steps, finetune_steps = images // (config["batch_size"] * n_dis), images // config["batch_size"]
     if config["method"] == "robgan":  # the defaults' split of time between the two stages, and
         # at least one fine-tuning epoch if they have any (it is where Rob-GAN mixes in its fakes)
-        main, ft = config["epochs"] * step_seconds["main"], config["finetune_epochs"] * step_seconds["finetune"]
-        epochs = max(1, int(config["epochs"] * budget_seconds / (steps * (main + ft))))
+        main = config["epochs"] * steps * step_seconds["main"]
+        ft = config["finetune_epochs"] * finetune_steps * step_seconds["finetune"]
+        epochs = max(1, int(config["epochs"] * budget_seconds / (main + ft)))
 
         def finetune_epochs(epochs):
             left = budget_seconds - epochs * steps * step_seconds["main"]
-            return max(0, int(left / (steps * step_seconds["finetune"])))
+            return max(0, int(left / (finetune_steps * step_seconds["finetune"])))
 
         while config["finetune_epochs"] and epochs > 1 and finetune_epochs(epochs) == 0:
             epochs -= 1
@@ -142,6 +143,12 @@ def main(argv=None):
     if os.path.exists(state_path):
         with open(state_path) as f:
             state = json.load(f)
+    pinned = {"eval_examples": args.eval_examples, "seed": args.seed, "square_queries": args.square_queries,
+              "apgd_targets": args.apgd_targets}
+    if state.setdefault("evaluation", pinned) != pinned:
+        print(f"error: {out} was evaluated with {state['evaluation']}; rerun it with those settings "
+              f"or use another --out", file=sys.stderr)
+        return 1
     dataset = data.load(args.dataset, args.data_dir)
     overrides = dict(_setting(item) for item in args.set)
     x_eval, y_eval = data.subset(dataset.x_test, dataset.y_test, args.eval_examples, args.seed)
@@ -154,6 +161,10 @@ def main(argv=None):
         os.replace(state_path + ".tmp", state_path)
 
     for name in args.methods:
+        if "{robgan}" in str(VARIANTS[name].get("generator")) and not state["methods"].get("robgan", {}).get("trained"):
+            print(f"error: {name} mixes in the study's Rob-GAN generator; train robgan first (list it before "
+                  f"{name})", file=sys.stderr)
+            return 1
         entry = state["methods"].setdefault(name, {})
         run_dir = os.path.join(out, name)
         base = {**runner.default_config(args.dataset), **overrides, "dataset": args.dataset, "seed": args.seed,
@@ -221,6 +232,8 @@ def command(args):
     """The study.py command line that reproduces this study."""
     parts = ["python bench/study.py", f"--dataset {args.dataset}", "--methods " + " ".join(args.methods),
              f"--budget-minutes {args.budget_minutes:g}", f"--square-queries {args.square_queries}"]
+    defaults = {"eval_examples": 1000, "apgd_targets": 9, "seed": 0}
+    parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v]
     if args.set:
         parts.append("--set " + " ".join(args.set))
     return " ".join(parts)

@@ -20,6 +20,20 @@ def test_mcnemar_exact_p_value():
     assert study.mcnemar_p(a, c) == 1.0  # 5 each way
 
 
+def test_study_refuses_other_evaluation_settings_and_an_unfinished_generator(tiny_data_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    monkeypatch.setattr(study, "other_runs", lambda: [])
+    out = tmp_path / "study"
+    out.mkdir()
+    pinned = {"eval_examples": 500, "seed": 0, "square_queries": 5000, "apgd_targets": 9}
+    (out / "study.json").write_text(json.dumps({"methods": {}, "evaluation": pinned}))
+    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(out)]
+    assert study.main(args) == 1  # 1,000 examples asked, 500 used so far: McNemar would pair different images
+    assert "was evaluated with" in capsys.readouterr().err
+    assert study.main(args + ["--eval-examples", "500", "--methods", "pgd-at+gen"]) == 1
+    assert "train robgan first" in capsys.readouterr().err
+
+
 def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_dataset, monkeypatch):
     from robgan_tf import runner
     guards = []

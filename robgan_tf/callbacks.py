@@ -71,7 +71,6 @@ class EpochReport(keras.callbacks.Callback):
         super().__init__()
         self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
         self.generator, self.quality, self.class_names = generator, quality, class_names
-        self.last_quality = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.time()
@@ -83,7 +82,7 @@ class EpochReport(keras.callbacks.Callback):
             sample_grid(self.generator, self.class_names,
                         os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
                         title=f"{self.stage} epoch {number}")
-            self.last_quality = quality = self.quality(self.generator)
+            quality = self.quality(self.generator)
             print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
                   f"sample diversity {quality['sample_diversity']:.2f} of real")
             warning = collapse_warning(quality)
@@ -105,7 +104,7 @@ class OverfitGuard(keras.callbacks.Callback):
         super().__init__()
         self.x, self.y = data.to_float(x).numpy(), np.asarray(y, np.int32)
         self.eps, self.every, self.seed = eps, every, seed
-        self.best, self.good_weights, self.fired, self.evaluator = 0.0, None, None, None
+        self.best, self.good_weights, self.fired, self.evaluator, self.attacked = 0.0, None, None, None, None
         self.steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -114,9 +113,13 @@ class OverfitGuard(keras.callbacks.Callback):
             return
         if float(self.model.current_eps(self.model.c_optimizer.iterations - 1)) < self.eps:
             return
-        if self.evaluator is None:
-            self.evaluator = evaluation.Evaluator(evaluation.inference_fn(self.model.classifier),
+        weights = self.model.classifier.get_weights()
+        if self.evaluator is None:  # attacked in float32, as in evaluation: float16 input gradients underflow
+            self.attacked = evaluation.float32_copy(self.model.classifier)
+            self.evaluator = evaluation.Evaluator(evaluation.inference_fn(self.attacked),
                                                   evaluation.AttackSettings(seed=self.seed), verbose=False)
+        if self.attacked is not self.model.classifier:
+            self.attacked.set_weights(weights)
         correct = self.evaluator.predict(self.x) == self.y
         robust = self.evaluator.run(evaluation.pgd_name(10), self.x, self.y, self.eps, correct)[0].mean()
         if self.best >= 0.2 and robust < 0.5 * self.best:
@@ -129,4 +132,4 @@ class OverfitGuard(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         self.best = max(self.best, robust)
-        self.good_weights = self.model.classifier.get_weights()
+        self.good_weights = weights

@@ -130,6 +130,21 @@ def test_fgsm_rs_guard_stops_and_restores_weights_on_catastrophic_overfitting(ti
     assert not any(_changed(good, classifier)), "the last good weights come back"
 
 
+def test_fgsm_rs_guard_attacks_a_float16_classifier_in_float32(tiny_dataset, float16_classifier):
+    model = AdversarialTraining(float16_classifier, eps=0.05, pgd_steps=1, pgd_step_size=0.0625)
+    guard = OverfitGuard(tiny_dataset.x_train[:32], tiny_dataset.y_train[:32], eps=0.05, every=1)
+    guard.set_model(model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.c_optimizer.build(float16_classifier.trainable_variables)
+    guard.on_train_batch_end(0, {"eps": 0.05})
+    assert guard.attacked.dtype_policy.compute_dtype == "float32"
+    for v in float16_classifier.trainable_variables:
+        v.assign(v * 0.5)
+    guard.on_train_batch_end(1, {"eps": 0.05})  # each check attacks the classifier's current weights
+    for a, b in zip(guard.attacked.get_weights(), float16_classifier.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cyclic_learning_rate_is_a_triangle_peaking_at_two_fifths():
     schedule = CyclicLR(0.2, 100)
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 20, 40, 70, 100)], [0, 0.1, 0.2, 0.1, 0], atol=1e-7)

@@ -69,7 +69,8 @@ class _AdversarialStage(keras.Model):
         return self.eps * tf.minimum(frac, 1.0)
 
     def seeds(self, step, n):
-        """n stateless seeds unique to this run seed, step and replica."""
+        """n stateless seeds from the run seed, the optimizer step and the replica (each stage
+        counts its own steps, so fine-tuning's step k draws what co-training's step k drew)."""
         ctx = tf.distribute.get_replica_context()
         replica = ctx.replica_id_in_sync_group if ctx is not None else 0
         base = tf.stack([tf.cast(self.seed, tf.int64) * 4096 + tf.cast(replica, tf.int64),
@@ -112,7 +113,7 @@ class RobGAN(_AdversarialStage):
 
     metric_names = ("d_loss", "g_loss", "adv_acc", "fake_acc", "rf_acc", "eps")
 
-    def __init__(self, generator, discriminator, *, fake_class_weight=0.5, n_dis=1,
+    def __init__(self, generator, discriminator, *, fake_class_weight=0.0, n_dis=1,
                  real_rf_input="adversarial", **kwargs):
         super().__init__(classifier_from(discriminator), generator, **kwargs)
         self.discriminator = discriminator

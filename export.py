@@ -15,7 +15,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", required=True, help="run directory written by train.py")
     p.add_argument("--out", default="exports", help="TF Serving model base path (default: exports)")
-    p.add_argument("--name", help="model name (default: <dataset>_robgan)")
+    p.add_argument("--name", help="model name (default: <dataset>_<method>, e.g. mnist_robgan, mnist_pgd_at)")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     args = p.parse_args(argv)
     classifier_path = os.path.join(args.model, rundir.CLASSIFIER)
@@ -25,7 +25,7 @@ def main(argv=None):
     with open(os.path.join(args.model, rundir.CONFIG)) as f:
         config = json.load(f)
     classifier = keras.saving.load_model(classifier_path)
-    name = args.name or f"{config['dataset']}_robgan"
+    name = args.name or f"{config['dataset']}_{config.get('method', 'robgan').replace('-', '_')}"
     try:
         path = export_classifier(classifier, config["class_names"], args.out, name, args.version)
     except (FileExistsError, ValueError) as e:

@@ -38,6 +38,16 @@ def exported(tmp_path_factory):
     return classifier, out / "mnist_robgan"
 
 
+def test_a_baseline_run_exports_under_its_method_name(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    models.classifier_from(models.build_discriminator((28, 28, 1), 10, width=4, depth=2)).save(run / rundir.CLASSIFIER)
+    config = {"dataset": "mnist", "method": "pgd-at", "class_names": [str(i) for i in range(10)]}
+    (run / rundir.CONFIG).write_text(json.dumps(config))
+    assert export.main(["--model", str(run), "--out", str(tmp_path / "exports")]) == 0
+    assert (tmp_path / "exports" / "mnist_pgd_at" / "1" / "saved_model.pb").exists()
+
+
 def test_layout_is_tf_serving_versions(exported):
     _, model_dir = exported
     assert sorted(os.listdir(model_dir)) == ["1", "2"]

@@ -33,7 +33,7 @@ def parse_args(argv=None):
                         "fgsm-rs (Wong et al., cyclic learning rate, catastrophic-overfitting guard), "
                         "trades (Zhang et al.)")
     p.add_argument("--data-dir", help="folder with <dataset>_train.npz and <dataset>_test.npz "
-                                      "(arrays x uint8 NHWC, y uint8); without it, tensorflow_datasets")
+                                      "(arrays x uint8 NHWC, y integer labels); without it, tensorflow_datasets")
     p.add_argument("--tfds-dir", help="tensorflow_datasets data_dir")
     p.add_argument("--out", help="run directory (default: checkpoints/<dataset>-<method>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

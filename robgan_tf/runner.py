@@ -76,6 +76,8 @@ def worker_dir(strategy, out_dir):
 
 def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     """Trains (or resumes, or just reports) the run in out_dir; returns the final metrics."""
+    if overwrite and config["distribute"] == "multiworker":  # the chief's rmtree would race the workers
+        raise rundir.RunDirError("--overwrite with --distribute multiworker: remove the run directory first")
     strategy = make_strategy(config["distribute"])  # first: multi-worker needs it before other TF ops
     method = config["method"]
     if method not in METHODS:

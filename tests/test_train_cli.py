@@ -105,6 +105,12 @@ def test_batch_larger_than_the_data_is_a_clear_error_before_anything_is_written(
     assert not (tmp_path / "r").exists()
 
 
+def test_overwrite_of_a_multiworker_run_is_refused_before_anything_starts(tiny_data_dir, tmp_path, capsys):
+    assert run(tiny_data_dir, tmp_path / "r", "--distribute", "multiworker", "--overwrite") == 1
+    assert "remove the run directory first" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("x, y, message", [
     (np.zeros((4, 16, 16, 2), np.uint8), np.zeros(4, np.uint8), "C in \\(1, 3\\)"),
     (np.zeros((4, 16, 16, 1), np.float32), np.zeros(4, np.uint8), "uint8"),

@@ -1,8 +1,8 @@
 """The run directory: the contract between train.py and everything that reads a run.
 
 A run directory holds `config.json`, the three `.keras` models, `samples/epoch_NNN.png`,
-`metrics.csv` (columns: METRICS_COLUMNS), `metrics.json`, TensorBoard `logs/` and the
-step-based training checkpoint `ckpt/`.
+`metrics.csv` (columns: METRICS_COLUMNS), `metrics.json`, TensorBoard `logs/`, the
+step-based training checkpoint `ckpt/` and, when FGSM-RS's guard stopped it, `early_stop.json`.
 """
 
 import csv
@@ -19,6 +19,7 @@ CLASSIFIER = "classifier.keras"
 REFERENCE_CLASSIFIER = "gan_test_classifier.keras"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
+EARLY_STOP = "early_stop.json"
 SAMPLES = "samples"
 LOGS = "logs"
 CHECKPOINTS = "ckpt"
@@ -76,6 +77,20 @@ def write_metrics_json(out_dir, metrics):
 
 def read_metrics_json(out_dir):
     with open(os.path.join(out_dir, METRICS_JSON)) as f:
+        return json.load(f)
+
+
+def write_early_stop(out_dir, fired):
+    """Records FGSM-RS's catastrophic-overfitting stop (step and accuracies) with the run."""
+    _write_json(os.path.join(out_dir, EARLY_STOP), fired)
+
+
+def read_early_stop(out_dir):
+    """The recorded early stop, or None."""
+    path = os.path.join(out_dir, EARLY_STOP)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
         return json.load(f)
 
 

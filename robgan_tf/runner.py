@@ -126,7 +126,6 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     stage = _Stage(strategy, progress, manager, save_models, dataset.class_names, own_dir,
                    config["checkpoint_every"], verbose)
     started = time.time()
-    notes = {}
 
     if progress.stage_name == "cotrain":
         warmup = round(min(config["eps_warmup_epochs"], config["epochs"]) * main_data.steps * n_dis)
@@ -135,8 +134,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
         guard = OverfitGuard(*held_out, config["eps"], config["seed"]) if method == "fgsm-rs" else None
         stage.run(model, main_data, "cotrain" if robgan else "train", config["epochs"], 0,
                   scorer if robgan else None, [guard] if guard else [])
-        if guard and guard.fired:
-            notes["early_stop"] = guard.fired
+        if guard and guard.fired:  # on disk, so that a crash before the final metrics keeps it
+            rundir.write_early_stop(own_dir, guard.fired)
         progress.next_stage()
         manager.save()
     generator_scores = scorer(generator) if scorer else {}  # G does not change from here on
@@ -148,7 +147,9 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
 
     save_models()
     metrics = final_metrics(classifier, dataset, config, generator_scores)
-    metrics.update(notes, method=method, train_seconds_this_session=round(time.time() - started, 1))
+    early_stop = rundir.read_early_stop(own_dir)
+    metrics.update(method=method, train_seconds_this_session=round(time.time() - started, 1),
+                   **({"early_stop": early_stop} if early_stop else {}))
     rundir.write_metrics_json(own_dir, metrics)
     progress.next_stage()
     manager.save()

@@ -193,6 +193,32 @@ def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, metho
     assert keras.saving.load_model(out / rundir.CLASSIFIER).output.shape[-1] == 4
 
 
+def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_metrics(tiny_data_dir, tmp_path,
+                                                                                     monkeypatch):
+    from robgan_tf import runner
+
+    class FiringGuard(runner.OverfitGuard):  # catastrophic overfitting, forced at the first step
+        def on_train_batch_end(self, batch, logs=None):
+            self.fired = {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}
+            self.model.stop_training = True
+
+    monkeypatch.setattr(runner, "OverfitGuard", FiringGuard)
+    real_metrics = runner.final_metrics
+
+    def crash(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "final_metrics", crash)
+    out = tmp_path / "fgsm"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2")
+    monkeypatch.setattr(runner, "final_metrics", real_metrics)
+    assert run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2") == 0
+    metrics = json.loads((out / rundir.METRICS_JSON).read_text())
+    assert metrics["early_stop"] == {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}
+    assert len((out / rundir.METRICS_CSV).read_text().splitlines()) == 2  # one epoch, stopped at its first step
+
+
 def test_generated_data_mixing_needs_and_uses_a_generator(tiny_data_dir, tmp_path, capsys):
     robgan_run = tmp_path / "robgan"
     assert run(tiny_data_dir, robgan_run, "--epochs", "1", "--finetune-epochs", "1", "--gen-ratio", "0.25") == 0

@@ -42,7 +42,7 @@ def parse_args(argv=None):
         ("--finetune-epochs", int, "fine-tuning epochs after co-training (G frozen)"),
         ("--batch-size", int, "global batch size (split across replicas)"),
         ("--eps", float, "L-inf attack radius in pixel units ([0, 1] images)"),
-        ("--pgd-steps", int, "PGD steps of the training attack"),
+        ("--pgd-steps", int, "PGD steps of the training attack (fgsm-rs: one step of 1.25*eps)"),
         ("--eps-warmup-epochs", float, "epochs over which eps ramps linearly from 0"),
         ("--width", int, "discriminator channels"),
         ("--g-width", int, "generator channels"),

@@ -85,6 +85,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     robgan = method == "robgan"
     if config["gen_ratio"] and not robgan and not config["generator"]:
         raise data.DataError(f"--gen-ratio with --method {method} needs --generator <generator.keras>")
+    if method == "fgsm-rs" and config["pgd_step_size"] is not None:
+        raise data.DataError("--pgd-step-size does not apply to --method fgsm-rs: its one step is 1.25 x eps")
     if robgan and config["generator"]:
         raise data.DataError("--generator is for the baselines' --gen-ratio; Rob-GAN mixes in its own generator")
     x, y = data.subset(dataset.x_train, dataset.y_train, config["train_limit"], config["seed"])
@@ -353,15 +355,15 @@ def final_metrics(classifier, dataset, config, generator_scores):
     x, y = data.subset(dataset.x_test, dataset.y_test, config["eval_examples"], config["seed"])
     eps = config["eps"]
     logits_fn = evaluation.inference_fn(evaluation.float32_copy(classifier))  # attacks in float32
-    result = evaluation.evaluate(logits_fn, x, y, [eps], attack="pgd",
-                                 settings=evaluation.AttackSettings(seed=config["seed"]), verbose=False)
+    settings = evaluation.AttackSettings(seed=config["seed"])  # PGD-20, one restart
+    result = evaluation.evaluate(logits_fn, x, y, [eps], attack="pgd", settings=settings, verbose=False)
     return {
         "clean_accuracy": result["clean_accuracy"],
-        "pgd20_accuracy": result["robust_accuracy"]["pgd-20"][evaluation.eps_key(eps)],
+        "pgd20_accuracy": result["robust_accuracy"][settings.pgd_name][evaluation.eps_key(eps)],
         "eps": eps,
         "eval_examples": len(y),
         "eval_split": "test",
-        "pgd": {"steps": 20, "step_size": default_step_size(eps, 20), "restarts": 1, "random_start": True,
-                "loss": "cross-entropy"},
+        "pgd": {"steps": settings.pgd_steps, "step_size": default_step_size(eps, settings.pgd_steps),
+                "restarts": settings.pgd_restarts, "random_start": True, "loss": "cross-entropy"},
         **generator_scores,
     }

@@ -105,10 +105,12 @@ def test_batch_larger_than_the_data_is_a_clear_error_before_anything_is_written(
     assert not (tmp_path / "r").exists()
 
 
-def test_overwrite_of_a_multiworker_run_is_refused_before_anything_starts(tiny_data_dir, tmp_path, capsys):
+def test_settings_that_cannot_apply_are_refused_before_anything_starts(tiny_data_dir, tmp_path, capsys):
     assert run(tiny_data_dir, tmp_path / "r", "--distribute", "multiworker", "--overwrite") == 1
     assert "remove the run directory first" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    assert run(tiny_data_dir, tmp_path / "r", "--method", "fgsm-rs", "--pgd-step-size", "0.01") == 1
+    assert "does not apply to --method fgsm-rs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("x, y, message", [

@@ -77,7 +77,7 @@ def sized_config(base, dataset, budget_seconds, step_seconds):
     images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
     steps, finetune_steps = images // (config["batch_size"] * n_dis), images // config["batch_size"]
     if config["method"] == "robgan":  # the defaults' split of time between the two stages, and
-        # at least one fine-tuning epoch if they have any (it is where Rob-GAN mixes in its fakes)
+        # one fine-tuning epoch if they have any and it fits (it is where Rob-GAN mixes in its fakes)
         main = config["epochs"] * steps * step_seconds["main"]
         ft = config["finetune_epochs"] * finetune_steps * step_seconds["finetune"]
         epochs = max(1, int(config["epochs"] * budget_seconds / (main + ft)))
@@ -88,7 +88,8 @@ def sized_config(base, dataset, budget_seconds, step_seconds):
 
         while config["finetune_epochs"] and epochs > 1 and finetune_epochs(epochs) == 0:
             epochs -= 1
-        config["epochs"], config["finetune_epochs"] = epochs, finetune_epochs(epochs)
+        config["epochs"] = epochs
+        config["finetune_epochs"] = finetune_epochs(epochs) if config["finetune_epochs"] else 0
     else:
         config["epochs"] = max(1, int(budget_seconds / (steps * step_seconds["main"])))
         config["finetune_epochs"] = 0
@@ -105,6 +106,29 @@ def _setting(item):
         return key, value
 
 
+def _unpaired(out, methods, settings, n_examples):
+    """Why a method's kept evaluation cannot be paired with new ones (other examples or
+    attacks), or None."""
+    for name in methods:
+        path = os.path.join(out, name, "study_evaluation", report.REPORT_JSON)
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = json.load(f)
+            if kept["settings"] != dataclasses.asdict(settings) or kept["n_examples"] != n_examples:
+                return (f"{name} was evaluated on {kept['n_examples']} examples with {kept['settings']}; rerun "
+                        f"with those settings, or delete {os.path.dirname(path)} to evaluate it again")
+    return None
+
+
+def _generator_first(methods, state):
+    """Why a +gen baseline cannot have the study's finished Rob-GAN generator, or None."""
+    for i, name in enumerate(methods):
+        needs = "{robgan}" in str(VARIANTS[name].get("generator"))
+        if needs and "robgan" not in methods[:i] and not state["methods"].get("robgan", {}).get("trained"):
+            return f"{name} mixes in the study's Rob-GAN generator: list robgan before it"
+    return None
+
+
 def mcnemar_p(a, b):
     """Exact two-sided McNemar p-value for paired booleans a, b (e.g. robust per example)."""
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
@@ -115,7 +139,7 @@ def mcnemar_p(a, b):
     return min(1.0, 2 * tail)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
@@ -130,7 +154,11 @@ def main(argv=None):
     p.add_argument("--out", help="study folder (default: checkpoints/study-<dataset>)")
     p.add_argument("--benchmarks", default="BENCHMARKS.md", help="Markdown file whose study section is rewritten")
     p.add_argument("--force", action="store_true", help="start even if other training or test runs are seen")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     busy = other_runs()
     if busy and not args.force:
         print("error: other training or test runs are going; equal-time budgets would not be fair:\n  "
@@ -143,17 +171,15 @@ def main(argv=None):
     if os.path.exists(state_path):
         with open(state_path) as f:
             state = json.load(f)
-    pinned = {"eval_examples": args.eval_examples, "seed": args.seed, "square_queries": args.square_queries,
-              "apgd_targets": args.apgd_targets}
-    if state.setdefault("evaluation", pinned) != pinned:
-        print(f"error: {out} was evaluated with {state['evaluation']}; rerun it with those settings "
-              f"or use another --out", file=sys.stderr)
+    settings = evaluation.AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
+                                         seed=args.seed)
+    problem = _unpaired(out, args.methods, settings, args.eval_examples) or _generator_first(args.methods, state)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     dataset = data.load(args.dataset, args.data_dir)
     overrides = dict(_setting(item) for item in args.set)
     x_eval, y_eval = data.subset(dataset.x_test, dataset.y_test, args.eval_examples, args.seed)
-    settings = evaluation.AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
-                                         seed=args.seed)
 
     def save_state():
         with open(state_path + ".tmp", "w") as f:
@@ -161,10 +187,6 @@ def main(argv=None):
         os.replace(state_path + ".tmp", state_path)
 
     for name in args.methods:
-        if "{robgan}" in str(VARIANTS[name].get("generator")) and not state["methods"].get("robgan", {}).get("trained"):
-            print(f"error: {name} mixes in the study's Rob-GAN generator; train robgan first (list it before "
-                  f"{name})", file=sys.stderr)
-            return 1
         entry = state["methods"].setdefault(name, {})
         run_dir = os.path.join(out, name)
         base = {**runner.default_config(args.dataset), **overrides, "dataset": args.dataset, "seed": args.seed,
@@ -232,8 +254,9 @@ def command(args):
     """The study.py command line that reproduces this study."""
     parts = ["python bench/study.py", f"--dataset {args.dataset}", "--methods " + " ".join(args.methods),
              f"--budget-minutes {args.budget_minutes:g}", f"--square-queries {args.square_queries}"]
-    defaults = {"eval_examples": 1000, "apgd_targets": 9, "seed": 0}
-    parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v]
+    p = parser()
+    parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("eval_examples", "apgd_targets", "seed")
+              if getattr(args, k) != p.get_default(k)]
     if args.set:
         parts.append("--set " + " ".join(args.set))
     return " ".join(parts)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import sys
@@ -20,18 +21,17 @@ def test_mcnemar_exact_p_value():
     assert study.mcnemar_p(a, c) == 1.0  # 5 each way
 
 
-def test_study_refuses_other_evaluation_settings_and_an_unfinished_generator(tiny_data_dir, tmp_path, monkeypatch,
-                                                                             capsys):
+def test_study_refuses_unpaired_evaluations_and_a_generator_not_yet_trained(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "other_runs", lambda: [])
-    out = tmp_path / "study"
-    out.mkdir()
-    pinned = {"eval_examples": 500, "seed": 0, "square_queries": 5000, "apgd_targets": 9}
-    (out / "study.json").write_text(json.dumps({"methods": {}, "evaluation": pinned}))
-    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(out)]
-    assert study.main(args) == 1  # 1,000 examples asked, 500 used so far: McNemar would pair different images
-    assert "was evaluated with" in capsys.readouterr().err
-    assert study.main(args + ["--eval-examples", "500", "--methods", "pgd-at+gen"]) == 1
-    assert "train robgan first" in capsys.readouterr().err
+    kept = tmp_path / "study" / "pgd-at" / "study_evaluation"
+    kept.mkdir(parents=True)
+    settings = dataclasses.asdict(study.evaluation.AttackSettings(square_queries=1000))
+    (kept / "report.json").write_text(json.dumps({"n_examples": 1000, "settings": settings}))
+    args = ["--dataset", "tiny", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "study")]
+    assert study.main(args) == 1  # Square with 5,000 queries now, 1,000 then: McNemar would pair other attacks
+    assert "pgd-at was evaluated on 1000 examples" in capsys.readouterr().err
+    assert study.main(args + ["--square-queries", "1000", "--methods", "pgd-at", "pgd-at+gen", "robgan"]) == 1
+    assert "list robgan before it" in capsys.readouterr().err  # before 45 minutes of PGD-AT, not after
 
 
 def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_dataset, monkeypatch):
@@ -126,4 +126,6 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
     resumed = json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"]
     assert resumed["trained"] and resumed["train_seconds"] > entry["train_seconds"]
     assert len(resumed["load_samples"]) > len(entry["load_samples"])
-    assert "--set width=4 depth=2" in (tmp_path / "study" / "summary.md").read_text()
+    recorded = (tmp_path / "study" / "summary.md").read_text()
+    assert "--eval-examples 40 --apgd-targets 3" in recorded and "--set width=4 depth=2" in recorded
+    assert "--seed" not in recorded  # a default is not repeated

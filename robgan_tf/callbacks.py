@@ -97,11 +97,12 @@ class EpochReport(keras.callbacks.Callback):
 class OverfitGuard(keras.callbacks.Callback):
     """FGSM-RS's guard against catastrophic overfitting (Wong et al. 2020): every `every` steps
     once the eps warm-up is over, PGD-10 accuracy at the target eps on a held-out training batch;
-    when it falls below half its best (after reaching 20%), training stops and the classifier's
-    weights of the last check come back."""
+    when it falls below half its best (after reaching 20%), training stops, the classifier's
+    weights of the last check come back and `record(fired)` keeps the event (e.g. on disk)."""
 
-    def __init__(self, x, y, eps, seed=0, every=50):
+    def __init__(self, x, y, eps, seed=0, every=50, record=None):
         super().__init__()
+        self.record = record
         self.x, self.y = data.to_float(x).numpy(), np.asarray(y, np.int32)
         self.eps, self.every, self.seed = eps, every, seed
         self.best, self.good_weights, self.fired, self.evaluator, self.attacked = 0.0, None, None, None, None
@@ -123,12 +124,15 @@ class OverfitGuard(keras.callbacks.Callback):
         correct = self.evaluator.predict(self.x) == self.y
         robust = self.evaluator.run(evaluation.pgd_name(10), self.x, self.y, self.eps, correct)[0].mean()
         if self.best >= 0.2 and robust < 0.5 * self.best:
-            self.fired = {"step": self.steps, "pgd10_accuracy": float(robust), "best": float(self.best)}
+            self.fired = {"step": int(self.model.c_optimizer.iterations), "pgd10_accuracy": float(robust),
+                          "best": float(self.best)}
             print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
-                  f"{self.best:.2f} to {robust:.2f} at step {self.steps}; stopping and restoring the "
+                  f"{self.best:.2f} to {robust:.2f} at step {self.fired['step']}; stopping and restoring the "
                   f"weights of the last check")
             if self.good_weights is not None:
                 self.model.classifier.set_weights(self.good_weights)
+            if self.record is not None:
+                self.record(self.fired)
             self.model.stop_training = True
             return
         self.best = max(self.best, robust)

@@ -130,14 +130,15 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
     started = time.time()
 
     if progress.stage_name == "cotrain":
-        warmup = round(min(config["eps_warmup_epochs"], config["epochs"]) * main_data.steps * n_dis)
-        with strategy.scope():
-            model = stage_model("main", parts, config, warmup)
-        guard = OverfitGuard(*held_out, config["eps"], config["seed"]) if method == "fgsm-rs" else None
-        stage.run(model, main_data, "cotrain" if robgan else "train", config["epochs"], 0,
-                  scorer if robgan else None, [guard] if guard else [])
-        if guard and guard.fired:  # on disk, so that a crash before the final metrics keeps it
-            rundir.write_early_stop(own_dir, guard.fired)
+        if not rundir.read_early_stop(own_dir):  # else FGSM-RS's guard stopped it just before a crash
+            warmup = round(min(config["eps_warmup_epochs"], config["epochs"]) * main_data.steps * n_dis)
+            with strategy.scope():
+                model = stage_model("main", parts, config, warmup)
+            guards = [OverfitGuard(*held_out, config["eps"], config["seed"],
+                                   record=lambda fired: rundir.write_early_stop(own_dir, fired))
+                      ] if method == "fgsm-rs" else []
+            stage.run(model, main_data, "cotrain" if robgan else "train", config["epochs"], 0,
+                      scorer if robgan else None, guards)
         progress.next_stage()
         manager.save()
     generator_scores = scorer(generator) if scorer else {}  # G does not change from here on
@@ -232,9 +233,10 @@ def stage_model(stage, parts, config, eps_warmup_steps=0):
 def probe_step_seconds(config, dataset, steps=50, warmup=3, verbose="auto"):
     """Seconds per training step of each stage of `config` ({"main": s[, "finetune": s]}), as
     `fit` runs them in training: on the real input pipeline, with the progress bar and, for
-    FGSM-RS, its overfitting guard (whose first check, which traces its attack, falls in the
-    warm-up). The mean of `steps` steps after `warmup`. (Timing the bare step on one in-memory
-    batch missed that loop's own cost: FGSM-RS on MNIST probed 56 ms and trained at 69-77 ms.)"""
+    FGSM-RS, its overfitting guard (its first check, which traces the attack, falls in the
+    warm-up; with steps = 50 the timed window holds one check, as every 50 training steps do).
+    The mean of `steps` steps after `warmup`. (Timing the bare step on one in-memory batch
+    missed that loop's own cost: FGSM-RS on MNIST probed 56 ms and trained at 69-77 ms.)"""
     robgan = config["method"] == "robgan"
     parts = build(config, dataset, 1000, 1000)
     seconds = {}
@@ -253,6 +255,8 @@ def probe_step_seconds(config, dataset, steps=50, warmup=3, verbose="auto"):
             time.perf_counter())))
         model = stage_model(stage, parts, config)
         model.fit(batches, epochs=1, steps_per_epoch=n, callbacks=callbacks, verbose=verbose)
+        if len(ends) != n:
+            raise RuntimeError(f"the {stage} step probe stopped after {len(ends)} of {n} steps")
         seconds[stage] = (ends[-1] - ends[skip]) / steps
     return seconds
 

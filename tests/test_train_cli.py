@@ -202,6 +202,7 @@ def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_me
     class FiringGuard(runner.OverfitGuard):  # catastrophic overfitting, forced at the first step
         def on_train_batch_end(self, batch, logs=None):
             self.fired = {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}
+            self.record(self.fired)
             self.model.stop_training = True
 
     monkeypatch.setattr(runner, "OverfitGuard", FiringGuard)

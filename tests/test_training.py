@@ -127,6 +127,7 @@ def test_fgsm_rs_guard_stops_and_restores_weights_on_catastrophic_overfitting(ti
         v.assign(tf.random.normal(v.shape, stddev=0.01))
     guard.on_train_batch_end(1, {"eps": 0.05})
     assert guard.fired and guard.fired["pgd10_accuracy"] < 0.5 and model.stop_training
+    assert guard.fired["step"] == int(model.c_optimizer.iterations)  # the run's step, not this session's
     assert not any(_changed(good, classifier)), "the last good weights come back"
 
 

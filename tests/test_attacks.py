@@ -66,6 +66,27 @@ def test_square_window_schedule_scales_to_the_query_budget():
     assert side(999, 1000) == 1  # a 1,000-query run ends on the smallest windows too
 
 
+def test_evaluator_runs_square_in_pieces_on_the_whole_budget_schedule(trained_classifier, tiny_dataset,
+                                                                        monkeypatch):
+    calls, real = [], attacks.square
+
+    def spy(*args, **kwargs):
+        calls.append((int(kwargs["first_iteration"]), int(kwargs["n_queries"])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attacks, "square", spy)
+    settings = evaluation.AttackSettings(square_queries=600, batch_size=64)
+    evaluator = evaluation.Evaluator(evaluation.inference_fn(trained_classifier), settings, verbose=False)
+    x = tiny_dataset.x_test[:32].astype(np.float32) / 255.0
+    y = tiny_dataset.y_test[:32].astype(np.int32)
+    tf.config.run_functions_eagerly(True)  # so that the spy sees every call, not one trace
+    try:
+        evaluator.run("square", x, y, 0.02, np.ones(32, bool))  # too small an eps to fool all early
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert calls == [(0, 600), (250, 600), (500, 600)]
+
+
 def test_attack_losses():
     logits = tf.constant([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
     y = tf.constant([0, 2])

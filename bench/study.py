@@ -10,6 +10,7 @@ be completed over several sessions. It refuses to start while another training o
 """
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
@@ -237,8 +238,7 @@ def table_rows(state, out, args):
             rep = json.load(f)
         metrics = rundir.read_metrics_json(os.path.join(out, name))
         eps = evaluation.eps_key(entry["config"]["eps"])
-        rows.append({"method": name, "epochs": entry["config"]["epochs"],
-                     "finetune_epochs": entry["config"]["finetune_epochs"],
+        rows.append({"method": name, **_epochs_reached(os.path.join(out, name), entry["config"]),
                      "train_minutes": round(entry["train_seconds"] / 60, 1), "load_average": entry["load_average"],
                      "clean": rep["clean_accuracy"], "clean_ci95": rep["clean_accuracy_ci95"],
                      "pgd20": rep["robust_accuracy"]["pgd-20"][eps],
@@ -248,6 +248,15 @@ def table_rows(state, out, args):
                      "gan_test": metrics.get("gan_test_accuracy"), "early_stop": metrics.get("early_stop"),
                      "masking": rep["possible_gradient_masking"]})
     return rows
+
+
+def _epochs_reached(run_dir, config):
+    """Epochs trained (an early stop ends short of the plan) and fine-tuning epochs, from metrics.csv."""
+    with open(os.path.join(run_dir, rundir.METRICS_CSV)) as f:
+        rows = list(csv.DictReader(f))
+    return {"epochs": len({r["epoch"] for r in rows if r["stage"] != "finetune"}),
+            "finetune_epochs": len({r["epoch"] for r in rows if r["stage"] == "finetune"}),
+            "planned_epochs": config["epochs"]}
 
 
 def command(args):
@@ -287,7 +296,8 @@ def write_outputs(rows, state, out, args):
     for r in rows:
         gan = f"{100 * r['gan_test']:.1f}" if r["gan_test"] is not None else "–"
         note = " (early stop)" if r["early_stop"] else ""
-        lines.append(f"| {r['method']}{note} | {r['epochs']} (+{r['finetune_epochs']}) | {r['train_minutes']} | "
+        epochs = f"{r['epochs']}" + (f" of {r['planned_epochs']}" if r["epochs"] < r["planned_epochs"] else "")
+        lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['train_minutes']} | "
                      f"{r['load_average']['mean']} | {pct(r['clean'], r['clean_ci95'])} | "
                      f"{pct(r['pgd20'], r['pgd20_ci95'])} | "
                      f"{pct(r['autoattack'], r['autoattack_ci95'])} | {gan} |")

@@ -95,8 +95,11 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
         entry = state["methods"][method]
         assert entry["trained"] and entry["config"]["epochs"] >= 1 and entry["load_average"]["max"] >= 0
     assert state["methods"]["pgd-at"]["config"]["finetune_epochs"] == 0
+    rob = state["methods"]["robgan"]["config"]
     text = benchmarks.read_text()
-    assert "<!-- study:tiny -->" in text and "| robgan |" in text and "| pgd-at |" in text and "McNemar" in text
+    assert "<!-- study:tiny -->" in text and "McNemar" in text
+    assert f"| robgan | {rob['epochs']} (+{rob['finetune_epochs']}) |" in text  # epochs reached, from metrics.csv
+    assert f"| pgd-at | {state['methods']['pgd-at']['config']['epochs']} (+0) |" in text
     assert (tmp_path / "study" / "study.png").stat().st_size > 1000
     before = (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime
     assert study.main(args) == 0  # a finished study is not redone

@@ -81,18 +81,23 @@ class GeneratorQuality:
         gan_test = accuracy(self.reference, samples, self.labels)
         ratio = per_class_diversity(samples, self.labels) / np.maximum(self.real_diversity, 1e-12)
         return {"gan_test_accuracy": gan_test, "sample_diversity": float(ratio.mean()),
-                "min_class_diversity": float(ratio.min()), "gan_test_reference_accuracy": self.reference_accuracy}
+                "min_class_diversity": float(ratio.min()), "least_diverse_class": int(ratio.argmin()),
+                "gan_test_reference_accuracy": self.reference_accuracy}
 
 
 def collapse_warning(quality):
     """A loud message when the quality numbers signal a collapsed or unconditional generator.
 
     GAN-test accuracy is judged against what the reference classifier scores on real test images
-    (it cannot recognise samples better than real images): below half of that is a warning.
+    (it cannot recognise samples better than real images): below half of that is a warning. So is
+    a diversity below COLLAPSE_DIVERSITY of real, over all classes or in any one of them.
     """
     problems = []
     if quality["sample_diversity"] < COLLAPSE_DIVERSITY:
         problems.append(f"sample diversity {quality['sample_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
+    elif quality.get("min_class_diversity", 1.0) < COLLAPSE_DIVERSITY:  # one class drawing one image
+        problems.append(f"class {quality.get('least_diverse_class', '?')} sample diversity "
+                        f"{quality['min_class_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
     limit = COLLAPSE_GAN_TEST * quality.get("gan_test_reference_accuracy", 1.0)
     if quality["gan_test_accuracy"] < limit:
         problems.append(f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {limit:.2f}, half the "

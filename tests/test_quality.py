@@ -56,6 +56,14 @@ def test_diverse_but_wrong_class_generator_is_flagged(tiny_dataset, trained_clas
     assert "GAN-test accuracy" in quality.collapse_warning(scores)
 
 
+def test_a_class_drawing_near_copies_is_flagged_even_when_the_mean_diversity_is_fine():
+    # the CIFAR-10 Rob-GAN study run after 2 epochs: every class's row shows near-copies of one image
+    scores = {"gan_test_accuracy": 0.696, "gan_test_reference_accuracy": 0.523, "sample_diversity": 0.41,
+              "min_class_diversity": 0.24, "least_diverse_class": 4}
+    assert "class 4 sample diversity 0.24" in quality.collapse_warning(scores)
+    assert quality.collapse_warning({**scores, "min_class_diversity": 0.36}) is None
+
+
 def test_mean_pairwise_distance():
     pts = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
     assert quality.mean_pairwise_distance(pts) == np.float64((5 + 0 + 5) / 3)

@@ -88,7 +88,7 @@ def study_bars(rows, path, title=None):
     ax.set_xticks(np.arange(len(rows)), [r["method"] for r in rows])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(keys), frameon=False)  # off the bars
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)

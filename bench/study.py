@@ -27,12 +27,13 @@ from robgan_tf import data, evaluation, plots, report, rundir, runner  # noqa: E
 
 VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
     "robgan": {"method": "robgan"},
-    "robgan+gen": {"method": "robgan", "gen_ratio": 0.3},
+    "robgan+gen": {"method": "robgan", "gen_ratio": 0.3},  # co-training shared with robgan
     "pgd-at": {"method": "pgd-at"},
     "pgd-at+gen": {"method": "pgd-at", "gen_ratio": 0.3, "generator": "{robgan}/generator.keras"},
     "fgsm-rs": {"method": "fgsm-rs"},
     "trades": {"method": "trades"},
 }
+FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
 
 
@@ -98,6 +99,31 @@ def sized_config(base, dataset, budget_seconds, step_seconds):
     return config
 
 
+def shares_cotraining(name):
+    """Whether a Rob-GAN variant differs from robgan in fine-tuning only: its co-training would
+    be robgan's, step for step, so it starts from robgan's end of co-training instead."""
+    variant = VARIANTS[name]
+    return name != "robgan" and variant["method"] == "robgan" and set(variant) - {"method"} <= set(FINETUNE_ONLY)
+
+
+def shared_config(base, robgan, dataset, budget_seconds, cotrain_seconds, step_seconds):
+    """A co-training-sharing variant's settings: robgan's, with its own fine-tuning settings and
+    as many fine-tuning epochs (at least one) as fit in the budget left after robgan's co-training."""
+    config = {**robgan, **{k: base[k] for k in FINETUNE_ONLY}}
+    images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
+    seconds = images // config["batch_size"] * step_seconds["finetune"]
+    config["finetune_epochs"] = max(1, int((budget_seconds - cotrain_seconds) / seconds))
+    return config
+
+
+def cotrain_seconds(entry, run_dir):
+    """The training time of a finished Rob-GAN run that went to co-training: all of it but its
+    fine-tuning epochs' (so the per-epoch and final evaluations count as co-training)."""
+    with open(os.path.join(run_dir, rundir.METRICS_CSV)) as f:
+        finetune = sum(float(r["seconds"]) for r in csv.DictReader(f) if r["stage"] == "finetune")
+    return round(entry["train_seconds"] - finetune, 1)
+
+
 def _setting(item):
     """KEY=VALUE with VALUE read as JSON when it is (numbers, true, null), else as a string."""
     key, _, value = item.partition("=")
@@ -124,9 +150,9 @@ def _unpaired(out, methods, settings, n_examples):
 def _generator_first(methods, state):
     """Why a +gen baseline cannot have the study's finished Rob-GAN generator, or None."""
     for i, name in enumerate(methods):
-        needs = "{robgan}" in str(VARIANTS[name].get("generator"))
+        needs = "{robgan}" in str(VARIANTS[name].get("generator")) or shares_cotraining(name)
         if needs and "robgan" not in methods[:i] and not state["methods"].get("robgan", {}).get("trained"):
-            return f"{name} mixes in the study's Rob-GAN generator: list robgan before it"
+            return f"{name} builds on the study's Rob-GAN run: list robgan before it"
     return None
 
 
@@ -193,13 +219,23 @@ def main(argv=None):
         base = {**runner.default_config(args.dataset), **overrides, "dataset": args.dataset, "seed": args.seed,
                 "eval_examples": 1000, **{k: v.format(robgan=os.path.join(out, "robgan")) if isinstance(v, str) else v
                                           for k, v in VARIANTS[name].items()}}
+        shared = shares_cotraining(name)
         if "config" not in entry:
             print(f"== {name}: timing its training step ...")
             entry["step_seconds"] = runner.probe_step_seconds(base, dataset)
-            entry["config"] = sized_config(base, dataset, 60 * args.budget_minutes, entry["step_seconds"])
+            if shared:  # robgan's co-training time counts as this variant's
+                robgan = state["methods"]["robgan"]
+                entry["train_seconds"] = cotrain_seconds(robgan, os.path.join(out, "robgan"))
+                entry["config"] = shared_config(base, robgan["config"], dataset, 60 * args.budget_minutes,
+                                                entry["train_seconds"], entry["step_seconds"])
+                entry["cotraining"] = "robgan"
+            else:
+                entry["config"] = sized_config(base, dataset, 60 * args.budget_minutes, entry["step_seconds"])
             entry["budget_minutes"] = args.budget_minutes
             save_state()
         config = entry["config"]
+        if shared and not os.path.exists(os.path.join(run_dir, rundir.CONFIG)):
+            rundir.start_from_cotrained(os.path.join(out, "robgan"), run_dir)
         if not entry.get("trained"):
             print(f"== {name}: {config['epochs']} epochs + {config['finetune_epochs']} fine-tuning epochs "
                   f"in a {args.budget_minutes:g}-minute budget (step {entry['step_seconds']})")
@@ -246,7 +282,7 @@ def table_rows(state, out, args):
                      "autoattack": rep["robust_accuracy"]["autoattack"][eps],
                      "autoattack_ci95": rep["robust_accuracy_ci95"]["autoattack"][eps],
                      "gan_test": metrics.get("gan_test_accuracy"), "early_stop": metrics.get("early_stop"),
-                     "masking": rep["possible_gradient_masking"]})
+                     "masking": rep["possible_gradient_masking"], "cotraining": entry.get("cotraining")})
     return rows
 
 
@@ -281,8 +317,9 @@ def write_outputs(rows, state, out, args):
         key = next(k for k in flags[r["method"]].files if k.startswith("autoattack@"))
         r["_robust"] = flags[r["method"]][key]
     by_name = {r["method"]: r for r in rows}
-    if "robgan" in by_name and "pgd-at" in by_name:
-        paired["robgan_vs_pgd-at_mcnemar_p"] = mcnemar_p(by_name["robgan"]["_robust"], by_name["pgd-at"]["_robust"])
+    if "pgd-at" in by_name:
+        for name in (n for n in by_name if VARIANTS[n]["method"] == "robgan"):
+            paired[f"{name}_vs_pgd-at_mcnemar_p"] = mcnemar_p(by_name[name]["_robust"], by_name["pgd-at"]["_robust"])
     pct = lambda v, ci: f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"  # noqa: E731
     lines = [f"<!-- study:{args.dataset} -->",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
@@ -296,14 +333,19 @@ def write_outputs(rows, state, out, args):
     for r in rows:
         gan = f"{100 * r['gan_test']:.1f}" if r["gan_test"] is not None else "–"
         note = " (early stop)" if r["early_stop"] else ""
+        note += f" (co-training: {r['cotraining']}'s)" if r.get("cotraining") else ""
         epochs = f"{r['epochs']}" + (f" of {r['planned_epochs']}" if r["epochs"] < r["planned_epochs"] else "")
         lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['train_minutes']} | "
                      f"{r['load_average']['mean']} | {pct(r['clean'], r['clean_ci95'])} | "
                      f"{pct(r['pgd20'], r['pgd20_ci95'])} | "
                      f"{pct(r['autoattack'], r['autoattack_ci95'])} | {gan} |")
     if paired:
-        lines += ["", f"Rob-GAN vs PGD-AT under autoattack, exact McNemar test on the same examples: "
-                      f"p = {paired['robgan_vs_pgd-at_mcnemar_p']:.3g}."]
+        tests = ", ".join(f"{k.split('_vs_')[0]} p = {p:.3g}" for k, p in paired.items())
+        lines += ["", f"Rob-GAN vs PGD-AT under autoattack, exact McNemar test on the same examples: {tests}."]
+    if any(r.get("cotraining") for r in rows):
+        lines += ["", "A variant with a co-training owner differs from it in fine-tuning only: it starts from "
+                      "that run's end of co-training, counts that run's training time up to there as its own, "
+                      "and its load average covers its fine-tuning."]
     lines.append(f"<!-- /study:{args.dataset} -->")
     section = "\n".join(lines)
     for r in rows:

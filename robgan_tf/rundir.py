@@ -2,7 +2,8 @@
 
 A run directory holds `config.json`, the three `.keras` models, `samples/epoch_NNN.png`,
 `metrics.csv` (columns: METRICS_COLUMNS), `metrics.json`, TensorBoard `logs/`, the
-step-based training checkpoint `ckpt/` and, when FGSM-RS's guard stopped it, `early_stop.json`.
+step-based training checkpoint `ckpt/`, for Rob-GAN a copy of it at the end of co-training in
+`cotrained/`, and, when FGSM-RS's guard stopped it, `early_stop.json`.
 """
 
 import csv
@@ -23,6 +24,7 @@ EARLY_STOP = "early_stop.json"
 SAMPLES = "samples"
 LOGS = "logs"
 CHECKPOINTS = "ckpt"
+COTRAINED = "cotrained"
 
 METRICS_COLUMNS = (
     "stage", "epoch", "seconds",
@@ -146,3 +148,43 @@ def checkpoint_manager(out_dir, progress, restore_from=None, **trackables):
             raise RunDirError(f"checkpoint {latest} cannot be restored ({first}); "
                               f"rerun with --overwrite to start this run again") from None
     return manager
+
+
+def keep_cotrained(out_dir, manager):
+    """Saves `manager`'s checkpoint (Rob-GAN at the end of co-training) once more, in
+    out_dir/cotrained, so that other fine-tunings can start from it (`start_from_cotrained`)."""
+    final = os.path.join(out_dir, COTRAINED)
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.train.CheckpointManager(manager.checkpoint, tmp, max_to_keep=1).save()
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def start_from_cotrained(source_dir, out_dir):
+    """Starts a new Rob-GAN run in out_dir where source_dir's co-training ended: its `cotrained/`
+    checkpoint becomes out_dir's latest, with the co-training rows of its metrics.csv, its samples
+    and its GAN-test reference classifier. Training out_dir then only fine-tunes."""
+    kept = os.path.join(source_dir, COTRAINED)
+    index = tf.io.gfile.glob(os.path.join(kept, "*.index"))
+    if len(index) != 1:
+        raise RunDirError(f"{source_dir} has no checkpoint from the end of its co-training ({kept})")
+    if os.path.exists(os.path.join(out_dir, CONFIG)):
+        raise RunDirError(f"{out_dir} already holds a run")
+    with open(os.path.join(source_dir, METRICS_CSV)) as f:
+        rows = [r for r in csv.DictReader(f) if r["stage"] == "cotrain"]
+    os.makedirs(os.path.join(out_dir, SAMPLES), exist_ok=True)
+    for row in rows:
+        name = f"epoch_{int(row['epoch']):03d}.png"
+        if os.path.exists(os.path.join(source_dir, SAMPLES, name)):
+            shutil.copy2(os.path.join(source_dir, SAMPLES, name), os.path.join(out_dir, SAMPLES, name))
+    if os.path.exists(os.path.join(source_dir, REFERENCE_CLASSIFIER)):
+        shutil.copy2(os.path.join(source_dir, REFERENCE_CLASSIFIER), out_dir)
+    if os.path.exists(os.path.join(out_dir, METRICS_CSV)):  # from an interrupted start
+        os.remove(os.path.join(out_dir, METRICS_CSV))
+    for row in rows:
+        append_metrics_row(out_dir, {k: v for k, v in row.items() if v != ""})
+    checkpoints = os.path.join(out_dir, CHECKPOINTS)
+    os.makedirs(checkpoints, exist_ok=True)
+    for name in sorted(os.listdir(kept), key=lambda name: name == "checkpoint"):  # the run starts there
+        shutil.copy2(os.path.join(kept, name), checkpoints)  # once its latest-checkpoint file is copied

@@ -141,6 +141,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto"):
                       scorer if robgan else None, guards)
         progress.next_stage()
         manager.save()
+        if robgan:
+            rundir.keep_cotrained(own_dir, manager)
     generator_scores = scorer(generator) if scorer else {}  # G does not change from here on
     if robgan:
         with strategy.scope():

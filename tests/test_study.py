@@ -4,6 +4,7 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -84,7 +85,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     monkeypatch.setattr(study, "other_runs", lambda: [])  # pytest itself is a test run
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n")
-    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at",
+    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at", "robgan+gen",
             "--budget-minutes", "0.05", "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
             "--eval-examples", "40", "--square-queries", "50", "--apgd-targets", "3",
             "--set", "width=4", "g_width=4", "depth=2", "batch_size=32", "pgd_steps=2", "eps=0.1",
@@ -101,6 +102,20 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert f"| robgan | {rob['epochs']} (+{rob['finetune_epochs']}) |" in text  # epochs reached, from metrics.csv
     assert f"| pgd-at | {state['methods']['pgd-at']['config']['epochs']} (+0) |" in text
     assert (tmp_path / "study" / "study.png").stat().st_size > 1000
+    # robgan+gen fine-tunes from robgan's end of co-training, whose time it counts as its own
+    gen, run = state["methods"]["robgan+gen"], tmp_path / "study"
+    assert gen["cotraining"] == "robgan" and gen["config"]["gen_ratio"] == 0.3
+    assert {k: v for k, v in gen["config"].items() if k not in ("gen_ratio", "finetune_epochs")} == \
+        {k: v for k, v in rob.items() if k not in ("gen_ratio", "finetune_epochs")}
+    assert gen["train_seconds"] > study.cotrain_seconds(state["methods"]["robgan"], str(run / "robgan")) > 0
+    cotrain_rows = [line for line in (run / "robgan" / "metrics.csv").read_text().splitlines()
+                    if line.startswith("cotrain,")]
+    gen_rows = (run / "robgan+gen" / "metrics.csv").read_text().splitlines()
+    assert gen_rows[1:1 + len(cotrain_rows)] == cotrain_rows and gen_rows[-1].startswith("finetune,")
+    generators = [keras.saving.load_model(run / name / "generator.keras") for name in ("robgan", "robgan+gen")]
+    for a, b in zip(*(g.get_weights() for g in generators)):  # G is frozen in fine-tuning
+        np.testing.assert_array_equal(a, b)
+    assert "| robgan+gen (co-training: robgan's) |" in text and "robgan+gen p = " in text
     before = (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime
     assert study.main(args) == 0  # a finished study is not redone
     assert (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime == before
@@ -132,3 +147,8 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
     recorded = (tmp_path / "study" / "summary.md").read_text()
     assert "--eval-examples 40 --apgd-targets 3" in recorded and "--set width=4 depth=2" in recorded
     assert "--seed" not in recorded  # a default is not repeated
+
+
+def test_a_run_cannot_start_from_a_co_training_it_does_not_have(tmp_path):
+    with pytest.raises(study.rundir.RunDirError, match="no checkpoint from the end of its co-training"):
+        study.rundir.start_from_cotrained(str(tmp_path / "pgd-at"), str(tmp_path / "robgan+gen"))

@@ -50,6 +50,7 @@ def parse_args(argv=None):
         ("--d-lr", float, "discriminator Adam learning rate"),
         ("--g-lr", float, "generator Adam learning rate"),
         ("--finetune-lr", float, "fine-tuning Adam learning rate"),
+        ("--fake-class-weight", float, "weight of D's class loss on generated images in co-training"),
         ("--eval-examples", int, "stratified test images for the final clean/PGD-20 evaluation"),
     ]
     for flag, typ, text in per_dataset:
@@ -67,8 +68,6 @@ def parse_args(argv=None):
                    help="fraction of each batch replaced by generated images with their labels (robgan: "
                         "its own generator, in fine-tuning; pgd-at, trades: --generator)")
     p.add_argument("--generator", help="a frozen generator.keras (from a Rob-GAN run) for --gen-ratio")
-    p.add_argument("--fake-class-weight", type=float, default=c["fake_class_weight"],
-                   help="weight of D's class loss on generated images in co-training")
     p.add_argument("--n-dis", type=int, default=c["n_dis"], help="D updates per G update")
     p.add_argument("--beta-1", type=float, default=c["beta_1"], help="Adam beta_1 of all optimizers")
     p.add_argument("--spectral-norm", choices=SPECTRAL_NORM_CHOICES, default=c["spectral_norm"],

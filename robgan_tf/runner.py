@@ -23,14 +23,14 @@ from robgan_tf.training import TRADES, AdversarialTraining, CyclicLR, FineTuner,
 DEFAULTS = {
     "mnist": dict(eps=0.3, pgd_steps=10, width=32, g_width=32, depth=3, batch_size=64, epochs=3,
                   finetune_epochs=3, eps_warmup_epochs=1.0, d_lr=1e-3, g_lr=2e-4, finetune_lr=5e-4,
-                  augment=False, real_rf_input="clean", eval_examples=10000),
+                  augment=False, real_rf_input="clean", fake_class_weight=0.0, eval_examples=10000),
     "cifar10": dict(eps=8 / 255, pgd_steps=7, width=128, g_width=256, depth=4, batch_size=64, epochs=100,
                     finetune_epochs=10, eps_warmup_epochs=5.0, d_lr=2e-4, g_lr=2e-4, finetune_lr=1e-4,
-                    augment=True, real_rf_input="adversarial", eval_examples=1000),
+                    augment=True, real_rf_input="clean", fake_class_weight=0.5, eval_examples=1000),
 }
 METHODS = ("robgan", "pgd-at", "fgsm-rs", "trades")
 COMMON = dict(method="robgan", gen_ratio=0.0, generator=None, beta=6.0, pgd_step_size=None, lam=0.5,
-              fake_class_weight=0.0, n_dis=1, beta_1=0.5, beta_2=0.999, spectral_norm="head", z_dim=128,
+              n_dis=1, beta_1=0.5, beta_2=0.999, spectral_norm="head", z_dim=128,
               train_limit=None, seed=0, checkpoint_every=200, distribute="none", xla=False, mixed_precision="none")
 
 

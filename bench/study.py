@@ -10,7 +10,6 @@ be completed over several sessions. It refuses to start while another training o
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
@@ -119,8 +118,7 @@ def shared_config(base, robgan, dataset, budget_seconds, cotrain_seconds, step_s
 def cotrain_seconds(entry, run_dir):
     """The training time of a finished Rob-GAN run that went to co-training: all of it but its
     fine-tuning epochs' (so the per-epoch and final evaluations count as co-training)."""
-    with open(os.path.join(run_dir, rundir.METRICS_CSV)) as f:
-        finetune = sum(float(r["seconds"]) for r in csv.DictReader(f) if r["stage"] == "finetune")
+    finetune = sum(float(r["seconds"]) for r in rundir.read_metrics_rows(run_dir) if r["stage"] == "finetune")
     return round(entry["train_seconds"] - finetune, 1)
 
 
@@ -148,7 +146,8 @@ def _unpaired(out, methods, settings, n_examples):
 
 
 def _generator_first(methods, state):
-    """Why a +gen baseline cannot have the study's finished Rob-GAN generator, or None."""
+    """Why a variant that builds on the study's Rob-GAN run (its generator, or its co-training)
+    would come before that run is trained, or None."""
     for i, name in enumerate(methods):
         needs = "{robgan}" in str(VARIANTS[name].get("generator")) or shares_cotraining(name)
         if needs and "robgan" not in methods[:i] and not state["methods"].get("robgan", {}).get("trained"):
@@ -288,8 +287,7 @@ def table_rows(state, out, args):
 
 def _epochs_reached(run_dir, config):
     """Epochs trained (an early stop ends short of the plan) and fine-tuning epochs, from metrics.csv."""
-    with open(os.path.join(run_dir, rundir.METRICS_CSV)) as f:
-        rows = list(csv.DictReader(f))
+    rows = rundir.read_metrics_rows(run_dir)
     return {"epochs": len({r["epoch"] for r in rows if r["stage"] != "finetune"}),
             "finetune_epochs": len({r["epoch"] for r in rows if r["stage"] == "finetune"}),
             "planned_epochs": config["epochs"]}

@@ -110,6 +110,12 @@ def append_metrics_row(out_dir, row):
         writer.writerow(row)
 
 
+def read_metrics_rows(out_dir):
+    """metrics.csv's epochs as dicts of strings (empty where a stage has no such metric)."""
+    with open(os.path.join(out_dir, METRICS_CSV)) as f:
+        return list(csv.DictReader(f))
+
+
 class Progress:
     """Where training stands, as checkpointed variables: stage, epochs done in it, batches done."""
 
@@ -171,8 +177,7 @@ def start_from_cotrained(source_dir, out_dir):
         raise RunDirError(f"{source_dir} has no checkpoint from the end of its co-training ({kept})")
     if os.path.exists(os.path.join(out_dir, CONFIG)):
         raise RunDirError(f"{out_dir} already holds a run")
-    with open(os.path.join(source_dir, METRICS_CSV)) as f:
-        rows = [r for r in csv.DictReader(f) if r["stage"] == "cotrain"]
+    rows = [r for r in read_metrics_rows(source_dir) if r["stage"] == "cotrain"]
     os.makedirs(os.path.join(out_dir, SAMPLES), exist_ok=True)
     for row in rows:
         name = f"epoch_{int(row['epoch']):03d}.png"
@@ -183,7 +188,7 @@ def start_from_cotrained(source_dir, out_dir):
     if os.path.exists(os.path.join(out_dir, METRICS_CSV)):  # from an interrupted start
         os.remove(os.path.join(out_dir, METRICS_CSV))
     for row in rows:
-        append_metrics_row(out_dir, {k: v for k, v in row.items() if v != ""})
+        append_metrics_row(out_dir, row)
     checkpoints = os.path.join(out_dir, CHECKPOINTS)
     os.makedirs(checkpoints, exist_ok=True)
     for name in sorted(os.listdir(kept), key=lambda name: name == "checkpoint"):  # the run starts there

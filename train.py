@@ -51,6 +51,7 @@ def parse_args(argv=None):
         ("--g-lr", float, "generator Adam learning rate"),
         ("--finetune-lr", float, "fine-tuning Adam learning rate"),
         ("--fake-class-weight", float, "weight of D's class loss on generated images in co-training"),
+        ("--n-dis", int, "D updates per G update in co-training"),
         ("--eval-examples", int, "stratified test images for the final clean/PGD-20 evaluation"),
     ]
     for flag, typ, text in per_dataset:
@@ -60,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--real-rf-input", choices=REAL_INPUTS, default=None,
                    help="real images D's real/fake head sees: PGD-attacked (the paper) or clean "
                         f"({_defaults('real_rf_input')})")
+    p.add_argument("--spectral-norm", choices=SPECTRAL_NORM_CHOICES, default=None,
+                   help="Rob-GAN's D: no spectral normalisation, the real/fake head only, or all of D "
+                        f"(baselines: none) ({_defaults('spectral_norm')})")
     c = runner.COMMON
     p.add_argument("--pgd-step-size", type=float, default=None, help="PGD step size (default 2.5*eps/steps)")
     p.add_argument("--lam", type=float, default=c["lam"], help="weight of CE on attacked fakes in fine-tuning")
@@ -68,10 +72,7 @@ def parse_args(argv=None):
                    help="fraction of each batch replaced by generated images with their labels (robgan: "
                         "its own generator, in fine-tuning; pgd-at, trades: --generator)")
     p.add_argument("--generator", help="a frozen generator.keras (from a Rob-GAN run) for --gen-ratio")
-    p.add_argument("--n-dis", type=int, default=c["n_dis"], help="D updates per G update")
     p.add_argument("--beta-1", type=float, default=c["beta_1"], help="Adam beta_1 of all optimizers")
-    p.add_argument("--spectral-norm", choices=SPECTRAL_NORM_CHOICES, default=c["spectral_norm"],
-                   help="spectral normalisation: none, the real/fake head only, or all of D")
     p.add_argument("--train-limit", type=int, default=None, help="train on a shuffled subset of N images")
     p.add_argument("--checkpoint-every", type=int, default=c["checkpoint_every"], help="checkpoint every N steps")
     p.add_argument("--seed", type=int, default=c["seed"], help="random seed")

@@ -51,7 +51,8 @@ def child(spec):
     dataset = data.load(spec["dataset"], spec["data_dir"])
     step, mode = spec["step"], spec["mode"]
     method = {"plain": "pgd-at", "pgd-at": "pgd-at"}.get(step, "robgan")
-    config = {**runner.default_config(spec["dataset"]), **spec["model"], "method": method, "xla": mode == "xla"}
+    config = {**runner.default_config(spec["dataset"]), **spec["model"], "method": method, "xla": mode == "xla",
+              "n_dis": 1}  # one D update per step, as limits() counts
     if step == "plain":
         config["pgd_steps"] = 0
     batch = config["batch_size"]

@@ -23,14 +23,16 @@ from robgan_tf.training import TRADES, AdversarialTraining, CyclicLR, FineTuner,
 DEFAULTS = {
     "mnist": dict(eps=0.3, pgd_steps=10, width=32, g_width=32, depth=3, batch_size=64, epochs=3,
                   finetune_epochs=3, eps_warmup_epochs=1.0, d_lr=1e-3, g_lr=2e-4, finetune_lr=5e-4,
-                  augment=False, real_rf_input="clean", fake_class_weight=0.0, eval_examples=10000),
+                  augment=False, real_rf_input="clean", fake_class_weight=0.0, n_dis=1, spectral_norm="head",
+                  eval_examples=10000),
     "cifar10": dict(eps=8 / 255, pgd_steps=7, width=128, g_width=256, depth=4, batch_size=64, epochs=100,
                     finetune_epochs=10, eps_warmup_epochs=5.0, d_lr=2e-4, g_lr=2e-4, finetune_lr=1e-4,
-                    augment=True, real_rf_input="clean", fake_class_weight=0.5, eval_examples=1000),
+                    augment=True, real_rf_input="adversarial", fake_class_weight=0.0, n_dis=2, spectral_norm="all",
+                    eval_examples=1000),
 }
 METHODS = ("robgan", "pgd-at", "fgsm-rs", "trades")
 COMMON = dict(method="robgan", gen_ratio=0.0, generator=None, beta=6.0, pgd_step_size=None, lam=0.5,
-              n_dis=1, beta_1=0.5, beta_2=0.999, spectral_norm="head", z_dim=128,
+              beta_1=0.5, beta_2=0.999, z_dim=128,
               train_limit=None, seed=0, checkpoint_every=200, distribute="none", xla=False, mixed_precision="none")
 
 
@@ -174,9 +176,12 @@ def build(config, dataset, main_steps, finetune_steps):
     whose schedules span `main_steps` and `finetune_steps`."""
     precision = config["mixed_precision"]
     robgan = config["method"] == "robgan"
+    # Spectral norm is a GAN setting: a baseline's classifier has none, and the real/fake head it
+    # never trains keeps the default layout, so that runs made before stay loadable.
+    spectral_norm = config["spectral_norm"] if robgan else "head"
     with _dtype_policy("float32" if precision == "none" else precision):
         discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes,
-                                                   config["width"], config["depth"], config["spectral_norm"])
+                                                   config["width"], config["depth"], spectral_norm)
         classifier = models.classifier_from(discriminator)
         if robgan:
             generator = models.build_generator(dataset.image_shape, dataset.num_classes,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import train
-from robgan_tf import data, rundir
+from robgan_tf import data, rundir, runner
 from robgan_tf.callbacks import StepCheckpoint
 
 from conftest import TINY_TRAIN_ARGS
@@ -36,6 +36,7 @@ def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
     assert generator([np.zeros((2, 128), np.float32), np.array([0, 3])]).shape == (2, 16, 16, 1)
     discriminator = keras.saving.load_model(out / rundir.DISCRIMINATOR)
     assert set(discriminator(np.zeros((1, 16, 16, 1), np.float32))) == {"adv", "cls"}
+    assert [v.path for v in classifier.weights if v.path.endswith("vector_u")]  # the default for "tiny": all
     capsys.readouterr()
     assert run(tiny_data_dir, out, "--epochs", "2", "--finetune-epochs", "1") == 0
     assert "is finished" in capsys.readouterr().out
@@ -60,7 +61,7 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(tiny_data_dir, tmp_pat
             raise KeyboardInterrupt("simulated crash")
 
     monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", crash_after_second_save)
-    args = ("--epochs", "2", "--finetune-epochs", "0", "--checkpoint-every", "2")
+    args = ("--epochs", "2", "--finetune-epochs", "0", "--checkpoint-every", "2", "--n-dis", "1")
     with pytest.raises(KeyboardInterrupt):
         run(tiny_data_dir, out, *args)
     monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", original)
@@ -153,7 +154,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
         original(self, batch, logs)
 
     monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", nan_at_third_batch)
-    args = ("--epochs", "1", "--finetune-epochs", "0", "--checkpoint-every", "2")
+    args = ("--epochs", "1", "--finetune-epochs", "0", "--checkpoint-every", "2", "--n-dis", "1")
     assert run(tiny_data_dir, out, *args) == 1
     err = capsys.readouterr().err
     assert "d_loss became nan" in err and "last good checkpoint" in err
@@ -192,13 +193,15 @@ def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, metho
     assert "gan_test_accuracy" not in metrics
     rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
     assert [r.split(",")[:2] for r in rows] == [["train", "1"], ["train", "2"]]
-    assert keras.saving.load_model(out / rundir.CLASSIFIER).output.shape[-1] == 4
+    classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
+    assert classifier.output.shape[-1] == 4
+    # "tiny" takes CIFAR-10's defaults, spectral norm on all of Rob-GAN's D; a baseline has none
+    assert runner.default_config("tiny")["spectral_norm"] == "all"
+    assert not [v.path for v in classifier.weights if v.path.endswith("vector_u")]
 
 
 def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_metrics(tiny_data_dir, tmp_path,
                                                                                      monkeypatch):
-    from robgan_tf import runner
-
     class FiringGuard(runner.OverfitGuard):  # catastrophic overfitting, forced at the first step
         def on_train_batch_end(self, batch, logs=None):
             self.fired = {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}

@@ -221,7 +221,7 @@ def main(argv=None):
         shared = shares_cotraining(name)
         if "config" not in entry:
             print(f"== {name}: timing its training step ...")
-            entry["step_seconds"] = runner.probe_step_seconds(base, dataset)
+            entry["step_seconds"] = runner.probe_step_seconds(base, dataset, ("finetune",) if shared else None)
             if shared:  # robgan's co-training time counts as this variant's
                 robgan = state["methods"]["robgan"]
                 entry["train_seconds"] = cotrain_seconds(robgan, os.path.join(out, "robgan"))

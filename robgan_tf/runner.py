@@ -237,17 +237,18 @@ def stage_model(stage, parts, config, eps_warmup_steps=0):
     return model
 
 
-def probe_step_seconds(config, dataset, steps=50, warmup=3, verbose="auto"):
-    """Seconds per training step of each stage of `config` ({"main": s[, "finetune": s]}), as
-    `fit` runs them in training: on the real input pipeline, with the progress bar and, for
-    FGSM-RS, its overfitting guard (its first check, which traces the attack, falls in the
-    warm-up; with steps = 50 the timed window holds one check, as every 50 training steps do).
-    The mean of `steps` steps after `warmup`. (Timing the bare step on one in-memory batch
-    missed that loop's own cost: FGSM-RS on MNIST probed 56 ms and trained at 69-77 ms.)"""
+def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose="auto"):
+    """Seconds per training step of each stage of `config` ({"main": s[, "finetune": s]}), or of
+    the given `stages` only, as `fit` runs them in training: on the real input pipeline, with the
+    progress bar and, for FGSM-RS, its overfitting guard (its first check, which traces the
+    attack, falls in the warm-up; with steps = 50 the timed window holds one check, as every 50
+    training steps do). The mean of `steps` steps after `warmup`. (Timing the bare step on one
+    in-memory batch missed that loop's own cost: FGSM-RS on MNIST probed 56 ms and trained at
+    69-77 ms.)"""
     robgan = config["method"] == "robgan"
     parts = build(config, dataset, 1000, 1000)
     seconds = {}
-    for stage in ("main", "finetune") if robgan else ("main",):
+    for stage in stages or (("main", "finetune") if robgan else ("main",)):
         batch = config["batch_size"] * (config["n_dis"] if robgan and stage == "main" else 1)
         callbacks, skip = [], warmup
         if config["method"] == "fgsm-rs":

@@ -49,6 +49,8 @@ def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_da
             "pgd_steps": 2, "eps": 0.1}
     robgan = runner.probe_step_seconds(tiny, tiny_dataset, steps=3, warmup=1, verbose=0)
     assert set(robgan) == {"main", "finetune"} and all(0 < s < 10 for s in robgan.values())
+    assert set(runner.probe_step_seconds(tiny, tiny_dataset, ("finetune",), steps=3, warmup=1, verbose=0)) == {
+        "finetune"}
     fgsm = runner.probe_step_seconds({**tiny, "method": "fgsm-rs"}, tiny_dataset, steps=3, warmup=1, verbose=0)
     assert set(fgsm) == {"main"} and 0 < fgsm["main"] < 10
     (guard,) = guards  # ran in the probe, its first check (it traces the attack) in the warm-up
@@ -109,6 +111,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     # robgan+gen fine-tunes from robgan's end of co-training, whose time it counts as its own
     gen, run = state["methods"]["robgan+gen"], tmp_path / "study"
     assert gen["cotraining"] == "robgan" and gen["config"]["gen_ratio"] == 0.3
+    assert set(gen["step_seconds"]) == {"finetune"}  # the only step it runs is the only one timed
     assert {k: v for k, v in gen["config"].items() if k not in ("gen_ratio", "finetune_epochs")} == \
         {k: v for k, v in rob.items() if k not in ("gen_ratio", "finetune_epochs")}
     assert gen["train_seconds"] > study.cotrain_seconds(state["methods"]["robgan"], str(run / "robgan")) > 0

@@ -51,7 +51,7 @@ def parse_args(argv=None):
         ("--g-lr", float, "generator Adam learning rate"),
         ("--finetune-lr", float, "fine-tuning Adam learning rate"),
         ("--fake-class-weight", float, "weight of D's class loss on generated images in co-training"),
-        ("--n-dis", int, "D updates per G update in co-training"),
+        ("--n-dis", int, "D updates per G update in Rob-GAN's co-training"),
         ("--eval-examples", int, "stratified test images for the final clean/PGD-20 evaluation"),
     ]
     for flag, typ, text in per_dataset:
@@ -63,7 +63,7 @@ def parse_args(argv=None):
                         f"({_defaults('real_rf_input')})")
     p.add_argument("--spectral-norm", choices=SPECTRAL_NORM_CHOICES, default=None,
                    help="Rob-GAN's D: no spectral normalisation, the real/fake head only, or all of D "
-                        f"(baselines: none) ({_defaults('spectral_norm')})")
+                        f"(the baselines' classifier has none) ({_defaults('spectral_norm')})")
     c = runner.COMMON
     p.add_argument("--pgd-step-size", type=float, default=None, help="PGD step size (default 2.5*eps/steps)")
     p.add_argument("--lam", type=float, default=c["lam"], help="weight of CE on attacked fakes in fine-tuning")
@@ -98,6 +98,11 @@ def config_from(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    gan_only = [f for f in ("--spectral-norm", "--n-dis") if getattr(args, f[2:].replace("-", "_")) is not None]
+    if args.method != "robgan" and gan_only:
+        print(f"error: {' and '.join(gan_only)} set Rob-GAN's discriminator; --method {args.method} trains "
+              "a classifier alone", file=sys.stderr)
+        return 1
     config = config_from(args)
     out = args.out or os.path.join("checkpoints", f"{args.dataset}-{args.method}")
     try:

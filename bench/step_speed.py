@@ -51,8 +51,9 @@ def child(spec):
     dataset = data.load(spec["dataset"], spec["data_dir"])
     step, mode = spec["step"], spec["mode"]
     method = {"plain": "pgd-at", "pgd-at": "pgd-at"}.get(step, "robgan")
+    # one D update per step, as limits() counts, and the same D (real/fake head normalised) for every step
     config = {**runner.default_config(spec["dataset"]), **spec["model"], "method": method, "xla": mode == "xla",
-              "n_dis": 1}  # one D update per step, as limits() counts
+              "n_dis": 1, "spectral_norm": "head"}
     if step == "plain":
         config["pgd_steps"] = 0
     batch = config["batch_size"]

@@ -68,12 +68,12 @@ def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():
     # alone gives 4 co-training epochs and no fine-tuning, so no mixing of generated images.
     rob = study.sized_config(base, cifar, 2700, {"main": 0.761, "finetune": 0.582})
     assert (rob["epochs"], rob["finetune_epochs"]) == (3, 2)
-    assert 0.95 * 2700 < steps * (3 * 0.761 + 2 * 0.582) <= 2700
+    assert 0.95 * 2700 < steps * (rob["epochs"] * 0.761 + rob["finetune_epochs"] * 0.582) <= 2700
     assert rob["eps_warmup_epochs"] == 1.0
     # With --n-dis 2 a step takes two batches (1.25 s, as the one-epoch probe ran): half the steps
     rob = study.sized_config({**base, "n_dis": 2}, cifar, 2700, {"main": 1.25, "finetune": 0.582})
     assert (rob["epochs"], rob["finetune_epochs"]) == (4, 1)
-    assert 0.85 * 2700 < 50000 // 128 * 4 * 1.25 + steps * 0.582 <= 2700
+    assert 0.85 * 2700 < 50000 // 128 * rob["epochs"] * 1.25 + steps * rob["finetune_epochs"] * 0.582 <= 2700
     pgd = study.sized_config({**base, "method": "pgd-at"}, cifar, 2700, {"main": 0.339})
     assert (pgd["epochs"], pgd["finetune_epochs"]) == (10, 0)
     mnist = types.SimpleNamespace(x_train=np.zeros((60000, 1, 1, 1), np.uint8), y_train=np.zeros(60000, np.uint8))

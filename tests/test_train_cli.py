@@ -112,6 +112,16 @@ def test_settings_that_cannot_apply_are_refused_before_anything_starts(tiny_data
     assert not (tmp_path / "r").exists()
     assert run(tiny_data_dir, tmp_path / "r", "--method", "fgsm-rs", "--pgd-step-size", "0.01") == 1
     assert "does not apply to --method fgsm-rs" in capsys.readouterr().err
+    assert run(tiny_data_dir, tmp_path / "r", "--method", "pgd-at", "--spectral-norm", "all") == 1
+    assert "--spectral-norm set Rob-GAN's discriminator" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_gan_settings_default_per_dataset():
+    for dataset, expected in (("mnist", (1, "head")), ("cifar10", (2, "all"))):
+        config = train.config_from(train.parse_args(["--dataset", dataset]))
+        assert (config["n_dis"], config["spectral_norm"]) == expected
+    assert train.config_from(train.parse_args(["--dataset", "cifar10", "--n-dis", "1"]))["n_dis"] == 1
 
 
 @pytest.mark.parametrize("x, y, message", [

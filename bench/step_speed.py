@@ -30,12 +30,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-PRESETS = {  # quick: the CPU-sized widths of train.py's MNIST default; full: paper scale
-    "quick": {"mnist": dict(width=32, g_width=32, depth=3, pgd_steps=10, batch_size=64),
-              "cifar10": dict(width=32, g_width=64, depth=4, pgd_steps=7, batch_size=64)},
-    "full": {"mnist": dict(width=64, g_width=64, depth=4, pgd_steps=40, batch_size=64),
-             "cifar10": dict(width=128, g_width=256, depth=4, pgd_steps=7, batch_size=64)},
-}
 STEPS = ("pass-d", "pass-g", "fwd-g", "plain", "pgd-at", "robgan", "finetune")
 MODES = ("eager", "function", "xla")
 
@@ -46,26 +40,26 @@ def child(spec):
     import numpy as np
     import tensorflow as tf
 
-    from robgan_tf import data, models, runner
+    from robgan_tf import data, methods, models, trainer
 
     dataset = data.load(spec["dataset"], spec["data_dir"])
     step, mode = spec["step"], spec["mode"]
-    method = {"plain": "pgd-at", "pgd-at": "pgd-at"}.get(step, "robgan")
+    method = methods.get({"plain": "pgd-at", "pgd-at": "pgd-at"}.get(step, "robgan"))
     # one D update per step, as limits() counts, and the same D (real/fake head normalised) for every step
-    config = {**runner.default_config(spec["dataset"]), **spec["model"], "method": method, "xla": mode == "xla",
-              "n_dis": 1, "spectral_norm": "head"}
+    config = methods.config_for(spec["dataset"], method.name, {**spec["model"], "xla": mode == "xla", "n_dis": 1,
+                                                               "spectral_norm": "head"})
     if step == "plain":
-        config["pgd_steps"] = 0
-    batch = config["batch_size"]
+        config = config.replace(pgd_steps=0)  # standard training: no attack
+    batch = config.batch_size
     keras.utils.set_random_seed(0)
     x = data.to_float(dataset.x_train[:batch])
     y = tf.constant(dataset.y_train[:batch].astype(np.int32))
 
     if step in ("pass-d", "pass-g", "fwd-g"):
-        generator = models.build_generator(dataset.image_shape, dataset.num_classes, config["g_width"])
-        discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config["width"],
-                                                   config["depth"], config["spectral_norm"])
-        z = tf.random.normal((batch, config["z_dim"]))
+        generator = models.build_generator(dataset.image_shape, dataset.num_classes, config.g_width)
+        discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config.width,
+                                                   config.depth, config.spectral_norm)
+        z = tf.random.normal((batch, config.z_dim))
 
         def one_pass():
             with tf.GradientTape() as tape:
@@ -80,11 +74,13 @@ def child(spec):
             return tape.gradient(loss, variables)
         run = one_pass if mode == "eager" else tf.function(one_pass, jit_compile=mode == "xla")
     else:
-        parts = runner.build(config, dataset, 1000, 1000)
-        model = runner.stage_model("finetune" if step == "finetune" else "main", parts, config)
+        parts = trainer.build_parts(config, dataset, method)
+        optimizers = method.optimizers(config, parts, {stage.name: 1000 for stage in method.stages})
+        stage = method.stages[1 if step == "finetune" else 0]
+        model = stage.model(parts, optimizers, config)
         model.run_eagerly = mode == "eager"
         if spec.get("pipeline"):
-            batches = data.TrainData(dataset.x_train, dataset.y_train, batch, config["augment"]).epochs(0, 1000)
+            batches = data.TrainData(dataset.x_train, dataset.y_train, batch, config.augment).epochs(0, 1000)
         else:
             batches = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
         model.make_train_function()
@@ -135,7 +131,8 @@ def main(argv=None):
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return 0
 
-    from robgan_tf import runner
+    from robgan_tf import methods
+    from robgan_tf.config import PRESETS
 
     preset = PRESETS["full" if args.full else "quick"]
     plan = [(d, s, m, False) for d in args.datasets for s in args.steps for m in args.modes]
@@ -161,7 +158,7 @@ def main(argv=None):
               f"{row['images_per_second']:8.1f} img/s, {1000 * row['seconds_per_step']:8.1f} ms/step, "
               f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
 
-    summary = summarise(rows, preset, {d: runner.default_config(d)["real_rf_input"] for d in args.datasets})
+    summary = summarise(rows, preset, {d: methods.config_for(d).real_rf_input for d in args.datasets})
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": os.cpu_count()},
               "command": "python bench/step_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -1,7 +1,7 @@
 """Rob-GAN against the baselines at equal training time: python bench/study.py --dataset mnist
 
-For each method: time its training step (runner.probe_step_seconds) and size its epochs, and
-with them its eps warm-up and learning-rate schedule, to the budget; train it (runner.train,
+For each method: time its training steps (study_runs.probe_step_seconds) and size its epochs, and
+with them its eps warm-up and learning-rate schedule, to the budget; train it (trainer.train,
 resumable); evaluate it with the autoattack composition on the same test examples
 (evaluation.evaluate, kept on disk); then write a table with Wilson 95% intervals and an exact
 McNemar test of Rob-GAN against PGD-AT on the same examples, a bar chart, and the study's
@@ -22,7 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robgan_tf import data, evaluation, plots, report, rundir, runner  # noqa: E402
+from robgan_tf import data, evaluation, methods, report, rundir, trainer  # noqa: E402
+from robgan_tf.config import AttackSettings, Config  # noqa: E402
+from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained, study_bars  # noqa: E402
 
 VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
     "robgan": {"method": "robgan"},
@@ -73,29 +75,25 @@ class LoadSampler:
 
 def sized_config(base, dataset, budget_seconds, step_seconds):
     """Epochs (and fine-tuning epochs, eps warm-up) that fit the training budget."""
-    config = dict(base)
-    n_dis = config["n_dis"] if config["method"] == "robgan" else 1
-    images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
-    steps, finetune_steps = images // (config["batch_size"] * n_dis), images // config["batch_size"]
-    if config["method"] == "robgan":  # the defaults' split of time between the two stages, and
+    images = len(data.subset(dataset.x_train, dataset.y_train, base.train_limit)[1])
+    steps, finetune_steps = images // (base.batch_size * base.n_dis), images // base.batch_size
+    if "finetune" in step_seconds:  # Rob-GAN: the defaults' split of time between the two stages, and
         # one fine-tuning epoch if they have any and it fits (it is where Rob-GAN mixes in its fakes)
-        main = config["epochs"] * steps * step_seconds["main"]
-        ft = config["finetune_epochs"] * finetune_steps * step_seconds["finetune"]
-        epochs = max(1, int(config["epochs"] * budget_seconds / (main + ft)))
+        main = base.epochs * steps * step_seconds["cotrain"]
+        ft = base.finetune_epochs * finetune_steps * step_seconds["finetune"]
+        epochs = max(1, int(base.epochs * budget_seconds / (main + ft)))
 
         def finetune_epochs(epochs):
-            left = budget_seconds - epochs * steps * step_seconds["main"]
+            left = budget_seconds - epochs * steps * step_seconds["cotrain"]
             return max(0, int(left / (finetune_steps * step_seconds["finetune"])))
 
-        while config["finetune_epochs"] and epochs > 1 and finetune_epochs(epochs) == 0:
+        while base.finetune_epochs and epochs > 1 and finetune_epochs(epochs) == 0:
             epochs -= 1
-        config["epochs"] = epochs
-        config["finetune_epochs"] = finetune_epochs(epochs) if config["finetune_epochs"] else 0
+        config = base.replace(epochs=epochs, finetune_epochs=finetune_epochs(epochs) if base.finetune_epochs else 0)
     else:
-        config["epochs"] = max(1, int(budget_seconds / (steps * step_seconds["main"])))
-        config["finetune_epochs"] = 0
-    config["eps_warmup_epochs"] = min(config["eps_warmup_epochs"], config["epochs"] / 3)
-    return config
+        (seconds,) = step_seconds.values()
+        config = base.replace(epochs=max(1, int(budget_seconds / (steps * seconds))), finetune_epochs=0)
+    return config.replace(eps_warmup_epochs=min(config.eps_warmup_epochs, config.epochs / 3))
 
 
 def shares_cotraining(name):
@@ -108,11 +106,10 @@ def shares_cotraining(name):
 def shared_config(base, robgan, dataset, budget_seconds, cotrain_seconds, step_seconds):
     """A co-training-sharing variant's settings: robgan's, with its own fine-tuning settings and
     as many fine-tuning epochs (at least one) as fit in the budget left after robgan's co-training."""
-    config = {**robgan, **{k: base[k] for k in FINETUNE_ONLY}}
-    images = len(data.subset(dataset.x_train, dataset.y_train, config["train_limit"])[1])
-    seconds = images // config["batch_size"] * step_seconds["finetune"]
-    config["finetune_epochs"] = max(1, int((budget_seconds - cotrain_seconds) / seconds))
-    return config
+    config = robgan.replace(**{k: getattr(base, k) for k in FINETUNE_ONLY})
+    images = len(data.subset(dataset.x_train, dataset.y_train, config.train_limit)[1])
+    seconds = images // config.batch_size * step_seconds["finetune"]
+    return config.replace(finetune_epochs=max(1, int((budget_seconds - cotrain_seconds) / seconds)))
 
 
 def cotrain_seconds(entry, run_dir):
@@ -197,7 +194,7 @@ def main(argv=None):
     if os.path.exists(state_path):
         with open(state_path) as f:
             state = json.load(f)
-    settings = evaluation.AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
+    settings = AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
                                          seed=args.seed)
     problem = _unpaired(out, args.methods, settings, args.eval_examples) or _generator_first(args.methods, state)
     if problem:
@@ -215,33 +212,36 @@ def main(argv=None):
     for name in args.methods:
         entry = state["methods"].setdefault(name, {})
         run_dir = os.path.join(out, name)
-        base = {**runner.default_config(args.dataset), **overrides, "dataset": args.dataset, "seed": args.seed,
-                "eval_examples": 1000, **{k: v.format(robgan=os.path.join(out, "robgan")) if isinstance(v, str) else v
-                                          for k, v in VARIANTS[name].items()}}
+        variant = {k: v.format(robgan=os.path.join(out, "robgan")) if isinstance(v, str) else v
+                   for k, v in VARIANTS[name].items()}
+        base = methods.config_for(args.dataset, variant.pop("method"),
+                                  {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
         shared = shares_cotraining(name)
         if "config" not in entry:
             print(f"== {name}: timing its training step ...")
-            entry["step_seconds"] = runner.probe_step_seconds(base, dataset, ("finetune",) if shared else None)
+            entry["step_seconds"] = probe_step_seconds(base, dataset, ("finetune",) if shared else None)
             if shared:  # robgan's co-training time counts as this variant's
                 robgan = state["methods"]["robgan"]
                 entry["train_seconds"] = cotrain_seconds(robgan, os.path.join(out, "robgan"))
-                entry["config"] = shared_config(base, robgan["config"], dataset, 60 * args.budget_minutes,
-                                                entry["train_seconds"], entry["step_seconds"])
+                config = shared_config(base, Config(**robgan["config"]), dataset, 60 * args.budget_minutes,
+                                       entry["train_seconds"], entry["step_seconds"])
                 entry["cotraining"] = "robgan"
             else:
-                entry["config"] = sized_config(base, dataset, 60 * args.budget_minutes, entry["step_seconds"])
+                config = sized_config(base, dataset, 60 * args.budget_minutes, entry["step_seconds"])
+            entry["config"] = config.as_dict()
             entry["budget_minutes"] = args.budget_minutes
             save_state()
-        config = entry["config"]
+        config = Config(**entry["config"])
         if shared and not os.path.exists(os.path.join(run_dir, rundir.CONFIG)):
-            rundir.start_from_cotrained(os.path.join(out, "robgan"), run_dir)
+            start_from_cotrained(os.path.join(out, "robgan"), run_dir, methods.get("robgan").metric_columns())
         if not entry.get("trained"):
-            print(f"== {name}: {config['epochs']} epochs + {config['finetune_epochs']} fine-tuning epochs "
+            print(f"== {name}: {config.epochs} epochs + {config.finetune_epochs} fine-tuning epochs "
                   f"in a {args.budget_minutes:g}-minute budget (step {entry['step_seconds']})")
             started = time.time()
             with LoadSampler() as load:
                 try:
-                    runner.train(config, dataset, run_dir)
+                    trainer.train(config, dataset, run_dir,
+                                  after_stage=keep_cotrained(run_dir))
                     entry["trained"] = True
                 finally:  # an interrupted run keeps its time and load record and resumes next time
                     samples = entry.get("load_samples", []) + [round(s, 2) for s in load.samples]
@@ -252,10 +252,10 @@ def main(argv=None):
         eval_dir = os.path.join(run_dir, "study_evaluation")
         if not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
             print(f"== {name}: autoattack on {len(y_eval)} test examples")
-            result = evaluation.evaluate(evaluation.load_classifier(run_dir), x_eval, y_eval, [config["eps"]],
-                                         "autoattack", settings)
+            result = evaluation.evaluate(evaluation.load_classifier(run_dir), x_eval, y_eval, [config.eps],
+                                         evaluation.attack_named("autoattack", settings), settings)
             summary = report.build(result, model=run_dir, dataset=args.dataset, seed=args.seed, attack="autoattack",
-                                   eps=[config["eps"]], settings=dataclasses.asdict(settings))
+                                   eps=[config.eps], settings=dataclasses.asdict(settings))
             report.write(summary, result, eval_dir)
     rows = table_rows(state, out, args)
     write_outputs(rows, state, out, args)
@@ -352,7 +352,7 @@ def write_outputs(rows, state, out, args):
         json.dump({"rows": rows, "paired": paired, "state": state}, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(section + "\n")
-    plots.study_bars(rows, os.path.join(out, "study.png"), title=f"{args.dataset}, {args.budget_minutes:g} min each")
+    study_bars(rows, os.path.join(out, "study.png"), title=f"{args.dataset}, {args.budget_minutes:g} min each")
     if os.path.exists(args.benchmarks):
         text = open(args.benchmarks).read()
         start, end = f"<!-- study:{args.dataset} -->", f"<!-- /study:{args.dataset} -->"

@@ -7,8 +7,9 @@ import time
 import keras
 import numpy as np
 
-from robgan_tf import data, evaluation, rundir
-from robgan_tf.quality import collapse_warning
+from robgan_tf import data, evaluation, models, rundir
+from robgan_tf.config import AttackSettings
+from robgan_tf.quality import COLUMNS, collapse_warning
 from robgan_tf.plots import sample_grid
 
 
@@ -65,12 +66,12 @@ class StepCheckpoint(keras.callbacks.Callback):
 class EpochReport(keras.callbacks.Callback):
     """At each epoch end: one row of metrics.csv and, when there is a `quality` scorer, a sample
     grid and generator quality (`quality(generator)`, with a loud collapse warning), which also
-    go to the epoch logs."""
+    go to the epoch logs. The row holds every metric the stage declares (`columns` must have them)."""
 
-    def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names):
+    def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names, columns):
         super().__init__()
         self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
-        self.generator, self.quality, self.class_names = generator, quality, class_names
+        self.generator, self.quality, self.class_names, self.columns = generator, quality, class_names, columns
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.time()
@@ -78,6 +79,7 @@ class EpochReport(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         number = self.epoch_offset + epoch + 1
         logs = logs if logs is not None else {}
+        row = {k: float(np.asarray(v)) for k, v in logs.items()}  # the stage's metrics: all of them
         if self.quality is not None:
             sample_grid(self.generator, self.class_names,
                         os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
@@ -89,9 +91,9 @@ class EpochReport(keras.callbacks.Callback):
             if warning:
                 print("!" * 78 + f"\n{warning}\n" + "!" * 78)
             logs.update(quality)
-        row = {k: float(np.asarray(v)) for k, v in logs.items() if k in rundir.METRICS_COLUMNS}
+            row.update({k: quality[k] for k in COLUMNS})
         row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1))
-        rundir.append_metrics_row(self.out_dir, row)
+        rundir.append_metrics_row(self.out_dir, row, self.columns)
 
 
 class OverfitGuard(keras.callbacks.Callback):
@@ -112,19 +114,19 @@ class OverfitGuard(keras.callbacks.Callback):
         self.steps += 1
         if self.steps % self.every:
             return
-        if float(self.model.current_eps(self.model.c_optimizer.iterations - 1)) < self.eps:
+        if float(self.model.current_eps(self.model.steps_done - 1)) < self.eps:
             return
         weights = self.model.classifier.get_weights()
         if self.evaluator is None:  # attacked in float32, as in evaluation: float16 input gradients underflow
-            self.attacked = evaluation.float32_copy(self.model.classifier)
+            self.attacked = models.float32_copy(self.model.classifier)
             self.evaluator = evaluation.Evaluator(evaluation.inference_fn(self.attacked),
-                                                  evaluation.AttackSettings(seed=self.seed), verbose=False)
+                                                  AttackSettings(seed=self.seed), verbose=False)
         if self.attacked is not self.model.classifier:
             self.attacked.set_weights(weights)
         correct = self.evaluator.predict(self.x) == self.y
-        robust = self.evaluator.run(evaluation.pgd_name(10), self.x, self.y, self.eps, correct)[0].mean()
+        robust = self.evaluator.run(evaluation.PGD(10), self.x, self.y, self.eps, correct)[0].mean()
         if self.best >= 0.2 and robust < 0.5 * self.best:
-            self.fired = {"step": int(self.model.c_optimizer.iterations), "pgd10_accuracy": float(robust),
+            self.fired = {"step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
                           "best": float(self.best)}
             print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
                   f"{self.best:.2f} to {robust:.2f} at step {self.fired['step']}; stopping and restoring the "

@@ -5,6 +5,8 @@ The discriminator returns {"adv": real/fake logit (N, 1), "cls": class logits (N
 `classifier_from` cuts out the class head, which is the robust classifier we export.
 """
 
+import json
+
 import keras
 from keras import layers, ops
 
@@ -196,3 +198,15 @@ def build_discriminator(image_shape, num_classes, width=64, depth=4, spectral_no
 def classifier_from(discriminator):
     """The robust classifier: D's trunk and class head, returning logits (shares D's weights)."""
     return keras.Model(discriminator.input, discriminator.get_layer("cls").output, name="classifier")
+
+
+def float32_copy(model):
+    """The model itself, or a float32 copy of it when it computes in float16/bfloat16."""
+    config = keras.saving.serialize_keras_object(model)
+    text = json.dumps(config)
+    if "mixed_float16" not in text and "mixed_bfloat16" not in text:
+        return model
+    text = text.replace('"mixed_float16"', '"float32"').replace('"mixed_bfloat16"', '"float32"')
+    copy = keras.saving.deserialize_keras_object(json.loads(text))
+    copy.set_weights(model.get_weights())
+    return copy

@@ -74,24 +74,3 @@ def adversarial_examples(x, x_adv, y, clean_pred, adv_pred, class_names, path, n
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def study_bars(rows, path, title=None):
-    """Clean, PGD-20 and autoattack accuracy per method, with their 95% intervals."""
-    keys = (("clean", "clean"), ("pgd20", "PGD-20"), ("autoattack", "autoattack"))
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    width = 0.8 / len(keys)
-    for k, (key, label) in enumerate(keys):
-        values = np.array([100 * r[key] for r in rows])
-        ci = np.array([[100 * (r[key] - r[key + "_ci95"][0]), 100 * (r[key + "_ci95"][1] - r[key])] for r in rows]).T
-        ax.bar(np.arange(len(rows)) + (k - 1) * width, values, width, yerr=ci, capsize=3, label=label)
-    ax.set_xticks(np.arange(len(rows)), [r["method"] for r in rows])
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(keys), frameon=False)  # off the bars
-    ax.grid(axis="y", alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -12,6 +12,7 @@ import numpy as np
 from robgan_tf import data
 from robgan_tf.evaluation import accuracy
 
+COLUMNS = ("gan_test_accuracy", "sample_diversity", "min_class_diversity")  # what metrics.csv keeps per epoch
 COLLAPSE_GAN_TEST = 0.5
 COLLAPSE_DIVERSITY = 0.3
 

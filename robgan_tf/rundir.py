@@ -1,17 +1,20 @@
 """The run directory: the contract between train.py and everything that reads a run.
 
-A run directory holds `config.json`, the three `.keras` models, `samples/epoch_NNN.png`,
-`metrics.csv` (columns: METRICS_COLUMNS), `metrics.json`, TensorBoard `logs/`, the
-step-based training checkpoint `ckpt/`, for Rob-GAN a copy of it at the end of co-training in
-`cotrained/`, and, when FGSM-RS's guard stopped it, `early_stop.json`.
+A run directory holds `config.json`, the `.keras` models, `samples/epoch_NNN.png`,
+`metrics.csv` (one row per epoch; columns: the method's, `Method.metric_columns`), `metrics.json`,
+TensorBoard `logs/`, the step-based training checkpoint `ckpt/`, and, when FGSM-RS's guard
+stopped it, `early_stop.json`.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
 
 import tensorflow as tf
+
+from robgan_tf.config import Config
 
 CONFIG = "config.json"
 GENERATOR = "generator.keras"
@@ -24,31 +27,41 @@ EARLY_STOP = "early_stop.json"
 SAMPLES = "samples"
 LOGS = "logs"
 CHECKPOINTS = "ckpt"
-COTRAINED = "cotrained"
 
-METRICS_COLUMNS = (
-    "stage", "epoch", "seconds",
-    "d_loss", "g_loss", "adv_acc", "fake_acc", "rf_acc",  # co-training
-    "loss", "fake_adv_acc",  # fine-tuning
-    "eps", "gan_test_accuracy", "sample_diversity", "min_class_diversity",
-)
-
-STAGES = ("cotrain", "finetune", "done")
+ROW_KEYS = ("stage", "epoch", "seconds")  # every metrics.csv row; the rest is the method's (Method.metric_columns)
 
 
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (other settings, unreadable checkpoint)."""
 
 
-def prepare(out_dir, config, overwrite=False):
-    """Creates out_dir for `config`, or checks that an existing run used the same settings."""
+def read_config(out_dir):
+    """The run's settings and class names from its config.json: (Config, class_names). The one
+    reader of config.json; a setting added since the run was written takes the value that keeps
+    the run's behaviour (SINCE)."""
+    path = os.path.join(out_dir, CONFIG)
+    if not os.path.isfile(path):
+        raise RunDirError(f"{out_dir} is not a run directory of train.py (it has no {CONFIG})")
+    with open(path) as f:
+        saved = json.load(f)
+    names = {f.name for f in dataclasses.fields(Config)}
+    values = {**SINCE, **{k: v for k, v in saved.items() if k in names}}
+    return Config(**values), saved.get("class_names")
+
+
+SINCE = {}  # settings added after runs were first written: {name: the value runs before it behaved as}
+
+
+def prepare(out_dir, config, class_names, overwrite=False, normalise=lambda config: config):
+    """Creates out_dir for `config`, or checks that an existing run used the same settings
+    (the saved ones passed through `normalise` first)."""
     path = os.path.join(out_dir, CONFIG)
     if overwrite and os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        current = json.loads(json.dumps(config))
+        saved = normalise(read_config(out_dir)[0]).as_dict()
+        current = json.loads(json.dumps(config.as_dict()))
+        saved = json.loads(json.dumps(saved))
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if diff:
             changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
@@ -56,7 +69,7 @@ def prepare(out_dir, config, overwrite=False):
                               f"use another --out, or --overwrite to replace it")
     else:
         os.makedirs(os.path.join(out_dir, SAMPLES), exist_ok=True)
-        _write_json(path, config)
+        _write_json(path, {**config.as_dict(), "class_names": list(class_names)})
 
 
 def _write_json(path, obj):
@@ -96,15 +109,16 @@ def read_early_stop(out_dir):
         return json.load(f)
 
 
-def append_metrics_row(out_dir, row):
-    """Appends one epoch to metrics.csv; unknown keys are an error, missing ones stay empty."""
-    unknown = set(row) - set(METRICS_COLUMNS)
+def append_metrics_row(out_dir, row, columns):
+    """Appends one epoch to metrics.csv with these `columns`; keys outside them are an error
+    (nothing is dropped silently), missing ones stay empty."""
+    unknown = set(row) - set(columns)
     if unknown:
         raise KeyError(f"metrics not in the schema: {sorted(unknown)}")
     path = os.path.join(out_dir, METRICS_CSV)
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, METRICS_COLUMNS)
+        writer = csv.DictWriter(f, columns)
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -117,7 +131,8 @@ def read_metrics_rows(out_dir):
 
 
 class Progress:
-    """Where training stands, as checkpointed variables: stage, epochs done in it, batches done."""
+    """Where training stands, as checkpointed variables: the stage (an index into the method's
+    stages; their number means done), epochs done in it, batches done in the epoch."""
 
     def __init__(self):
         self.stage = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage")
@@ -128,8 +143,8 @@ class Progress:
         return {"stage": self.stage, "epoch": self.epoch, "batch": self.batch}
 
     @property
-    def stage_name(self):
-        return STAGES[int(self.stage.numpy())]
+    def stage_index(self):
+        return int(self.stage.numpy())
 
     def next_stage(self):
         self.stage.assign_add(1)
@@ -154,42 +169,3 @@ def checkpoint_manager(out_dir, progress, restore_from=None, **trackables):
             raise RunDirError(f"checkpoint {latest} cannot be restored ({first}); "
                               f"rerun with --overwrite to start this run again") from None
     return manager
-
-
-def keep_cotrained(out_dir, manager):
-    """Saves `manager`'s checkpoint (Rob-GAN at the end of co-training) once more, in
-    out_dir/cotrained, so that other fine-tunings can start from it (`start_from_cotrained`)."""
-    final = os.path.join(out_dir, COTRAINED)
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tf.train.CheckpointManager(manager.checkpoint, tmp, max_to_keep=1).save()
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
-def start_from_cotrained(source_dir, out_dir):
-    """Starts a new Rob-GAN run in out_dir where source_dir's co-training ended: its `cotrained/`
-    checkpoint becomes out_dir's latest, with the co-training rows of its metrics.csv, its samples
-    and its GAN-test reference classifier. Training out_dir then only fine-tunes."""
-    kept = os.path.join(source_dir, COTRAINED)
-    index = tf.io.gfile.glob(os.path.join(kept, "*.index"))
-    if len(index) != 1:
-        raise RunDirError(f"{source_dir} has no checkpoint from the end of its co-training ({kept})")
-    if os.path.exists(os.path.join(out_dir, CONFIG)):
-        raise RunDirError(f"{out_dir} already holds a run")
-    rows = [r for r in read_metrics_rows(source_dir) if r["stage"] == "cotrain"]
-    os.makedirs(os.path.join(out_dir, SAMPLES), exist_ok=True)
-    for row in rows:
-        name = f"epoch_{int(row['epoch']):03d}.png"
-        if os.path.exists(os.path.join(source_dir, SAMPLES, name)):
-            shutil.copy2(os.path.join(source_dir, SAMPLES, name), os.path.join(out_dir, SAMPLES, name))
-    if os.path.exists(os.path.join(source_dir, REFERENCE_CLASSIFIER)):
-        shutil.copy2(os.path.join(source_dir, REFERENCE_CLASSIFIER), out_dir)
-    if os.path.exists(os.path.join(out_dir, METRICS_CSV)):  # from an interrupted start
-        os.remove(os.path.join(out_dir, METRICS_CSV))
-    for row in rows:
-        append_metrics_row(out_dir, row)
-    checkpoints = os.path.join(out_dir, CHECKPOINTS)
-    os.makedirs(checkpoints, exist_ok=True)
-    for name in sorted(os.listdir(kept), key=lambda name: name == "checkpoint"):  # the run starts there
-        shutil.copy2(os.path.join(kept, name), checkpoints)  # once its latest-checkpoint file is copied

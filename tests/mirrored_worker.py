@@ -14,7 +14,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from conftest import make_images  # noqa: E402
-from robgan_tf import data, models, runner  # noqa: E402
+from robgan_tf import data, methods, models, trainer  # noqa: E402
 from robgan_tf.training import FineTuner  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def one_finetune_step(strategy, x, y):
     with strategy.scope():
         g = models.build_generator((16, 16, 1), 4, width=4, z_dim=8)
         d = models.build_discriminator((16, 16, 1), 4, width=4, depth=2)
-        model = FineTuner(g, d, eps=0.0, pgd_steps=0, lam=0.0)
+        model = FineTuner(g, models.classifier_from(d), eps=0.0, pgd_steps=0, lam=0.0)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     before = [v.numpy() for v in model.classifier.trainable_variables]
     history = model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0).history
@@ -42,11 +42,11 @@ if sys.argv[1] == "reduce":
                       "loss_double": float(loss_double),
                       "max_update": max(float(np.abs(a).max()) for a in single),
                       "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(single, double))}))
-else:  # train OUT_DIR: a whole tiny run through runner.train with --distribute mirrored
+else:  # train OUT_DIR: a whole tiny run through trainer.train with --distribute mirrored
     train_x, train_y = make_images(128, seed=0)
     test_x, test_y = make_images(40, seed=1)
     dataset = data.Dataset("tiny", train_x, train_y, test_x, test_y)
-    config = {**runner.default_config("tiny"), "dataset": "tiny", "width": 4, "g_width": 4, "depth": 2,
+    config = methods.config_for("tiny", "robgan", {"width": 4, "g_width": 4, "depth": 2,
               "batch_size": 32, "pgd_steps": 2, "eps": 0.1, "epochs": 1, "finetune_epochs": 1,
-              "eval_examples": 40, "distribute": "mirrored"}
-    print(json.dumps(runner.train(config, dataset, sys.argv[2], verbose=0)))
+              "eval_examples": 40, "distribute": "mirrored"})
+    print(json.dumps(trainer.train(config, dataset, sys.argv[2], verbose=0)))

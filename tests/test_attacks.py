@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from robgan_tf import attacks, evaluation
+from robgan_tf.config import AttackSettings
 from robgan_tf.attacks import pgd
 
 
@@ -19,7 +20,7 @@ def test_pgd_stays_in_eps_ball_and_pixel_range(trained_classifier, tiny_dataset)
 
 def test_pgd_lowers_accuracy_of_a_trained_model(trained_classifier, tiny_dataset):
     x, y = tiny_dataset.x_test, tiny_dataset.y_test
-    result = evaluation.evaluate(evaluation.inference_fn(trained_classifier), x, y, [0.3], attack="pgd",
+    result = evaluation.evaluate(evaluation.inference_fn(trained_classifier), x, y, [0.3], attack=evaluation.PGD(),
                                  verbose=False)
     assert result["clean_accuracy"] >= 0.95
     assert result["robust_accuracy"]["pgd-20"]["0.3"] <= result["clean_accuracy"] - 0.5
@@ -28,11 +29,11 @@ def test_pgd_lowers_accuracy_of_a_trained_model(trained_classifier, tiny_dataset
 @pytest.mark.parametrize("attack", ["pgd", "apgd-ce", "apgd-t", "square", "autoattack"])
 def test_each_attack_breaks_a_plain_model_at_8_over_255(color_classifier, attack):
     model, x, y = color_classifier
-    settings = evaluation.AttackSettings(square_queries=1000, apgd_targets=3)
-    result = evaluation.evaluate(evaluation.inference_fn(model), x, y, [8 / 255], attack=attack,
-                                 settings=settings, verbose=False)
+    settings = AttackSettings(square_queries=1000, apgd_targets=3)
+    result = evaluation.evaluate(evaluation.inference_fn(model), x, y, [8 / 255],
+                                 attack=evaluation.attack_named(attack, settings), settings=settings, verbose=False)
     assert result["clean_accuracy"] >= 0.9
-    name = settings.pgd_name if attack == "pgd" else attack
+    name = "pgd-20" if attack == "pgd" else attack
     assert result["robust_accuracy"][name]["0.0313725"] <= 0.05
     x_adv = result["adversarial"]["0.0313725"]
     x_float = x.astype(np.float32) / 255.0
@@ -75,13 +76,13 @@ def test_evaluator_runs_square_in_pieces_on_the_whole_budget_schedule(trained_cl
         return real(*args, **kwargs)
 
     monkeypatch.setattr(attacks, "square", spy)
-    settings = evaluation.AttackSettings(square_queries=600, batch_size=64)
+    settings = AttackSettings(square_queries=600, batch_size=64)
     evaluator = evaluation.Evaluator(evaluation.inference_fn(trained_classifier), settings, verbose=False)
     x = tiny_dataset.x_test[:32].astype(np.float32) / 255.0
     y = tiny_dataset.y_test[:32].astype(np.int32)
     tf.config.run_functions_eagerly(True)  # so that the spy sees every call, not one trace
     try:
-        evaluator.run("square", x, y, 0.02, np.ones(32, bool))  # too small an eps to fool all early
+        evaluator.run(evaluation.Square(600), x, y, 0.02, np.ones(32, bool))  # too small an eps to fool all early
     finally:
         tf.config.run_functions_eagerly(False)
     assert calls == [(0, 600), (250, 600), (500, 600)]

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from robgan_tf import evaluation
+from robgan_tf.config import AttackSettings
 
 from conftest import make_color_images
 
@@ -19,10 +20,10 @@ def test_images():
 
 
 def ours(model, x, y, attack, settings):
+    attack = evaluation.attack_named(attack, settings)
     result = evaluation.evaluate(evaluation.inference_fn(model), x, y, EPS, attack=attack, settings=settings,
                                  verbose=False)
-    name = settings.pgd_name if attack == "pgd" else attack
-    return np.array([result["robust_accuracy"][name][evaluation.eps_key(e)] for e in EPS])
+    return np.array([result["robust_accuracy"][attack.name][evaluation.eps_key(e)] for e in EPS])
 
 
 def test_pgd_agrees_with_foolbox(color_classifier, test_images):
@@ -36,7 +37,7 @@ def test_pgd_agrees_with_foolbox(color_classifier, test_images):
         attack = foolbox.attacks.LinfPGD(abs_stepsize=2.5 * eps / 40, steps=40, random_start=True)
         _, _, success = attack(fmodel, tf.constant(x), tf.constant(y), epsilons=eps)
         theirs.append(1.0 - float(np.mean(success.numpy())))
-    mine = ours(model, x, y, "pgd", evaluation.AttackSettings(pgd_steps=40))
+    mine = ours(model, x, y, "pgd", AttackSettings(pgd_steps=40))
     assert 0.05 < mine.max() and mine.min() < 0.95, mine  # a range where the comparison means something
     print("ours", mine, "theirs", theirs)
     np.testing.assert_allclose(mine, theirs, atol=0.02)
@@ -58,7 +59,7 @@ def test_apgd_agrees_with_art(color_classifier, test_images):
                                               verbose=False)
         x_adv = attack.generate(x, y=y)
         theirs.append(float(np.mean(classifier.predict(x_adv).argmax(-1) == y)))
-    mine = ours(model, x, y, "apgd-ce", evaluation.AttackSettings())
+    mine = ours(model, x, y, "apgd-ce", AttackSettings())
     assert 0.05 < mine.max() and mine.min() < 0.95, mine
     print("ours", mine, "theirs", theirs)
     np.testing.assert_allclose(mine, theirs, atol=0.02)

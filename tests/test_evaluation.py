@@ -8,6 +8,7 @@ import tensorflow as tf
 import evaluate
 import train
 from robgan_tf import evaluation, export, models, report, rundir
+from robgan_tf.config import AttackSettings
 
 from conftest import TINY_TRAIN_ARGS
 
@@ -21,7 +22,7 @@ def masked(classifier, kind):
     return keras.Model(inputs, keras.layers.Lambda(lambda t: 1e4 * t)(classifier(inputs)))
 
 
-FAST = evaluation.AttackSettings(apgd_steps=50, apgd_targets=3, square_queries=300)
+FAST = AttackSettings(apgd_steps=50, apgd_targets=3, square_queries=300)
 
 
 def test_autoattack_orders_the_attacks_and_passes_the_masking_checks(trained_classifier, tiny_dataset):
@@ -58,19 +59,19 @@ def test_wilson_interval():
 
 def test_float16_model_is_evaluated_in_float32(tiny_dataset, float16_classifier):
     model = float16_classifier
-    copy = evaluation.float32_copy(model)
+    copy = models.float32_copy(model)
     assert copy.output.dtype == "float32" and all(
         layer.dtype_policy.compute_dtype == "float32" for layer in copy._flatten_layers())
     x = tiny_dataset.x_test[:8].astype(np.float32) / 255.0
     np.testing.assert_allclose(copy(x), tf.cast(model(x), tf.float32), atol=0.05)
     plain = models.classifier_from(models.build_discriminator(tiny_dataset.image_shape, 4, width=4, depth=2))
-    assert evaluation.float32_copy(plain) is plain
+    assert models.float32_copy(plain) is plain
 
 
 def test_saved_model_export_evaluates_like_the_keras_model(trained_classifier, tiny_dataset, tmp_path):
     path = export.export_classifier(trained_classifier, tiny_dataset.class_names, str(tmp_path), "tiny")
     x, y = tiny_dataset.x_test, tiny_dataset.y_test
-    results = [evaluation.evaluate(fn, x, y, [0.3], attack="pgd", verbose=False)
+    results = [evaluation.evaluate(fn, x, y, [0.3], attack=evaluation.PGD(), verbose=False)
                for fn in (evaluation.inference_fn(trained_classifier), evaluation.load_classifier(path),
                           evaluation.load_classifier(str(tmp_path / "tiny")))]
     accuracies = [r["robust_accuracy"]["pgd-20"]["0.3"] for r in results]

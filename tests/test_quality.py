@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 
-from robgan_tf import quality, rundir
+from robgan_tf import methods, quality, rundir
 from robgan_tf.callbacks import EpochReport
 
 
@@ -32,7 +32,8 @@ def test_constant_gray_generator_is_reported_as_collapsed(tiny_dataset, trained_
     assert quality.collapse_warning(scores) is not None
 
     (tmp_path / rundir.SAMPLES).mkdir()
-    report = EpochReport(str(tmp_path), "cotrain", 0, gray, scorer, tiny_dataset.class_names)
+    report = EpochReport(str(tmp_path), "cotrain", 0, gray, scorer, tiny_dataset.class_names,
+                         methods.get("robgan").metric_columns())
     report.on_epoch_begin(0)
     report.on_epoch_end(0, {"d_loss": 1.0})
     assert "GENERATOR COLLAPSE SUSPECTED" in capsys.readouterr().out

@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import study  # noqa: E402
+from robgan_tf.config import AttackSettings  # noqa: E402
+from study_runs import probe_step_seconds  # noqa: E402
 
 
 def test_mcnemar_exact_p_value():
@@ -26,7 +28,7 @@ def test_study_refuses_unpaired_evaluations_and_a_generator_not_yet_trained(tmp_
     monkeypatch.setattr(study, "other_runs", lambda: [])
     kept = tmp_path / "study" / "pgd-at" / "study_evaluation"
     kept.mkdir(parents=True)
-    settings = dataclasses.asdict(study.evaluation.AttackSettings(square_queries=1000))
+    settings = dataclasses.asdict(AttackSettings(square_queries=1000))
     (kept / "report.json").write_text(json.dumps({"n_examples": 1000, "settings": settings}))
     args = ["--dataset", "tiny", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "study")]
     assert study.main(args) == 1  # Square with 5,000 queries now, 1,000 then: McNemar would pair other attacks
@@ -36,23 +38,24 @@ def test_study_refuses_unpaired_evaluations_and_a_generator_not_yet_trained(tmp_
 
 
 def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_dataset, monkeypatch):
-    from robgan_tf import runner
+    from robgan_tf import methods
     guards = []
 
-    class RecordedGuard(runner.OverfitGuard):
+    class RecordedGuard(methods.OverfitGuard):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             guards.append(self)
 
-    monkeypatch.setattr(runner, "OverfitGuard", RecordedGuard)
-    tiny = {**runner.default_config("tiny"), "width": 4, "g_width": 4, "depth": 2, "batch_size": 32,
-            "pgd_steps": 2, "eps": 0.1}
-    robgan = runner.probe_step_seconds(tiny, tiny_dataset, steps=3, warmup=1, verbose=0)
-    assert set(robgan) == {"main", "finetune"} and all(0 < s < 10 for s in robgan.values())
-    assert set(runner.probe_step_seconds(tiny, tiny_dataset, ("finetune",), steps=3, warmup=1, verbose=0)) == {
-        "finetune"}
-    fgsm = runner.probe_step_seconds({**tiny, "method": "fgsm-rs"}, tiny_dataset, steps=3, warmup=1, verbose=0)
-    assert set(fgsm) == {"main"} and 0 < fgsm["main"] < 10
+    monkeypatch.setattr(methods, "OverfitGuard", RecordedGuard)
+    tiny = {"width": 4, "g_width": 4, "depth": 2, "batch_size": 32, "pgd_steps": 2, "eps": 0.1}
+    robgan = probe_step_seconds(methods.config_for("tiny", "robgan", tiny), tiny_dataset, steps=3, warmup=1,
+                                verbose=0)
+    assert set(robgan) == {"cotrain", "finetune"} and all(0 < s < 10 for s in robgan.values())
+    assert set(probe_step_seconds(methods.config_for("tiny", "robgan", tiny), tiny_dataset, ("finetune",), steps=3,
+                                  warmup=1, verbose=0)) == {"finetune"}
+    fgsm = probe_step_seconds(methods.config_for("tiny", "fgsm-rs", tiny), tiny_dataset, steps=3, warmup=1,
+                              verbose=0)
+    assert set(fgsm) == {"train"} and 0 < fgsm["train"] < 10
     (guard,) = guards  # ran in the probe, its first check (it traces the attack) in the warm-up
     assert guard.steps == guard.every + 1 + 3 + 1 and guard.evaluator is not None
 
@@ -60,25 +63,25 @@ def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_da
 def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():
     import types
 
-    from robgan_tf import runner
+    from robgan_tf import methods
     cifar = types.SimpleNamespace(x_train=np.zeros((50000, 1, 1, 3), np.uint8), y_train=np.zeros(50000, np.uint8))
-    base = {**runner.default_config("cifar10"), "width": 32, "g_width": 64, "n_dis": 1}
+    base = methods.config_for("cifar10", "robgan", {"width": 32, "g_width": 64, "n_dis": 1})
     steps = 50000 // 64
     # CIFAR-10 Rob-GAN steps as bench/step_speed.py measured them: the defaults' 100:10 split
     # alone gives 4 co-training epochs and no fine-tuning, so no mixing of generated images.
-    rob = study.sized_config(base, cifar, 2700, {"main": 0.761, "finetune": 0.582})
-    assert (rob["epochs"], rob["finetune_epochs"]) == (3, 2)
-    assert 0.95 * 2700 < steps * (rob["epochs"] * 0.761 + rob["finetune_epochs"] * 0.582) <= 2700
-    assert rob["eps_warmup_epochs"] == 1.0
+    rob = study.sized_config(base, cifar, 2700, {"cotrain": 0.761, "finetune": 0.582})
+    assert (rob.epochs, rob.finetune_epochs) == (3, 2)
+    assert 0.95 * 2700 < steps * (rob.epochs * 0.761 + rob.finetune_epochs * 0.582) <= 2700
+    assert rob.eps_warmup_epochs == 1.0
     # With --n-dis 2 a step takes two batches (1.25 s, as the one-epoch probe ran): half the steps
-    rob = study.sized_config({**base, "n_dis": 2}, cifar, 2700, {"main": 1.25, "finetune": 0.582})
-    assert (rob["epochs"], rob["finetune_epochs"]) == (4, 1)
-    assert 0.85 * 2700 < 50000 // 128 * rob["epochs"] * 1.25 + steps * rob["finetune_epochs"] * 0.582 <= 2700
-    pgd = study.sized_config({**base, "method": "pgd-at"}, cifar, 2700, {"main": 0.339})
-    assert (pgd["epochs"], pgd["finetune_epochs"]) == (10, 0)
+    rob = study.sized_config(base.replace(n_dis=2), cifar, 2700, {"cotrain": 1.25, "finetune": 0.582})
+    assert (rob.epochs, rob.finetune_epochs) == (4, 1)
+    assert 0.85 * 2700 < 50000 // 128 * rob.epochs * 1.25 + steps * rob.finetune_epochs * 0.582 <= 2700
+    pgd = study.sized_config(methods.config_for("cifar10", "pgd-at", {"width": 32}), cifar, 2700, {"train": 0.339})
+    assert (pgd.epochs, pgd.finetune_epochs) == (10, 0)
     mnist = types.SimpleNamespace(x_train=np.zeros((60000, 1, 1, 1), np.uint8), y_train=np.zeros(60000, np.uint8))
-    rob = study.sized_config(runner.default_config("mnist"), mnist, 2700, {"main": 0.417, "finetune": 0.479})
-    assert (rob["epochs"], rob["finetune_epochs"]) == (3, 3)  # the MNIST study's Rob-GAN schedule
+    rob = study.sized_config(methods.config_for("mnist"), mnist, 2700, {"cotrain": 0.417, "finetune": 0.479})
+    assert (rob.epochs, rob.finetune_epochs) == (3, 3)  # the MNIST study's Rob-GAN schedule
 
 
 def test_study_refuses_to_start_next_to_another_run(monkeypatch, capsys):
@@ -135,18 +138,18 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
             "--out", str(tmp_path / "study"), "--benchmarks", str(tmp_path / "none.md"), "--eval-examples", "40",
             "--square-queries", "50", "--apgd-targets", "3", "--set", "width=4", "depth=2", "batch_size=32",
             "pgd_steps=2", "eps=0.1", "train_limit=128"]
-    real_train = study.runner.train
+    real_train = study.trainer.train
 
-    def interrupted(*_):
+    def interrupted(*_, **__):
         time.sleep(0.3)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(study.runner, "train", interrupted)
+    monkeypatch.setattr(study.trainer, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         study.main(args)
     entry = json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"]
     assert not entry.get("trained") and entry["train_seconds"] >= 0.3 and entry["load_samples"]
-    monkeypatch.setattr(study.runner, "train", real_train)
+    monkeypatch.setattr(study.trainer, "train", real_train)
     assert study.main(args) == 0
     resumed = json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"]
     assert resumed["trained"] and resumed["train_seconds"] > entry["train_seconds"]
@@ -158,4 +161,4 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
 
 def test_a_run_cannot_start_from_a_co_training_it_does_not_have(tmp_path):
     with pytest.raises(study.rundir.RunDirError, match="no checkpoint from the end of its co-training"):
-        study.rundir.start_from_cotrained(str(tmp_path / "pgd-at"), str(tmp_path / "robgan+gen"))
+        study.start_from_cotrained(str(tmp_path / "pgd-at"), str(tmp_path / "robgan+gen"), ())

@@ -4,14 +4,18 @@ import numpy as np
 import pytest
 
 import train
-from robgan_tf import data, rundir, runner
+from robgan_tf import data, methods, rundir, trainer
 from robgan_tf.callbacks import StepCheckpoint
 
 from conftest import TINY_TRAIN_ARGS
 
 
 def run(data_dir, out, *extra):
-    return train.main(TINY_TRAIN_ARGS + ["--data-dir", str(data_dir), "--out", str(out), *extra])
+    args = TINY_TRAIN_ARGS
+    if "fgsm-rs" in extra:  # its attack is one step by definition; --pgd-steps is refused
+        i = args.index("--pgd-steps")
+        args = args[:i] + args[i + 2:]
+    return train.main(args + ["--data-dir", str(data_dir), "--out", str(out), *extra])
 
 
 def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
@@ -26,7 +30,7 @@ def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
         assert 0.0 <= metrics[key] <= (1.0 if key != "sample_diversity" else 10.0), key
     assert metrics["eps"] == pytest.approx(0.1) and metrics["eval_split"] == "test"
     rows = (out / rundir.METRICS_CSV).read_text().splitlines()
-    assert rows[0].split(",") == list(rundir.METRICS_COLUMNS)
+    assert rows[0].split(",") == list(methods.get("robgan").metric_columns())
     assert [r.split(",")[:2] for r in rows[1:]] == [["cotrain", "1"], ["cotrain", "2"], ["finetune", "3"]]
 
     import keras
@@ -113,15 +117,15 @@ def test_settings_that_cannot_apply_are_refused_before_anything_starts(tiny_data
     assert run(tiny_data_dir, tmp_path / "r", "--method", "fgsm-rs", "--pgd-step-size", "0.01") == 1
     assert "does not apply to --method fgsm-rs" in capsys.readouterr().err
     assert run(tiny_data_dir, tmp_path / "r", "--method", "pgd-at", "--spectral-norm", "all") == 1
-    assert "--spectral-norm set Rob-GAN's discriminator" in capsys.readouterr().err
+    assert "--spectral-norm does not apply to --method pgd-at" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
 def test_gan_settings_default_per_dataset():
     for dataset, expected in (("mnist", (1, "head")), ("cifar10", (2, "all"))):
-        config = train.config_from(train.parse_args(["--dataset", dataset]))
-        assert (config["n_dis"], config["spectral_norm"]) == expected
-    assert train.config_from(train.parse_args(["--dataset", "cifar10", "--n-dis", "1"]))["n_dis"] == 1
+        settings = train.config_from(train.parser().parse_args(["--dataset", dataset]))
+        assert (settings.n_dis, settings.spectral_norm) == expected
+    assert train.config_from(train.parser().parse_args(["--dataset", "cifar10", "--n-dis", "1"])).n_dis == 1
 
 
 @pytest.mark.parametrize("x, y, message", [
@@ -180,7 +184,7 @@ def test_mixed_precision_run_keeps_losses_finite(tiny_data_dir, tmp_path, precis
     out = tmp_path / "run"
     assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "1", "--mixed-precision", precision) == 0
     assert keras.mixed_precision.global_policy().name == "float32", "the global policy is restored"
-    rows = [dict(zip(rundir.METRICS_COLUMNS, r.split(","))) for r in
+    rows = [dict(zip(methods.get("robgan").metric_columns(), r.split(","))) for r in
             (out / rundir.METRICS_CSV).read_text().splitlines()[1:]]
     assert np.isfinite(float(rows[0]["d_loss"])) and np.isfinite(float(rows[0]["g_loss"]))
     assert np.isfinite(float(rows[1]["loss"]))
@@ -206,32 +210,32 @@ def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, metho
     classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
     assert classifier.output.shape[-1] == 4
     # "tiny" takes CIFAR-10's defaults, spectral norm on all of Rob-GAN's D; a baseline has none
-    assert runner.default_config("tiny")["spectral_norm"] == "all"
+    assert methods.config_for("tiny").spectral_norm == "all"
     assert not [v.path for v in classifier.weights if v.path.endswith("vector_u")]
 
 
 def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_metrics(tiny_data_dir, tmp_path,
                                                                                      monkeypatch):
-    class FiringGuard(runner.OverfitGuard):  # catastrophic overfitting, forced at the first step
+    class FiringGuard(methods.OverfitGuard):  # catastrophic overfitting, forced at the first step
         def on_train_batch_end(self, batch, logs=None):
             self.fired = {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}
             self.record(self.fired)
             self.model.stop_training = True
 
-    monkeypatch.setattr(runner, "OverfitGuard", FiringGuard)
-    real_metrics = runner.final_metrics
+    monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
+    real_metrics = trainer.final_metrics
 
     def crash(*_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "final_metrics", crash)
+    monkeypatch.setattr(trainer, "final_metrics", crash)
     out = tmp_path / "fgsm"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2")
-    monkeypatch.setattr(runner, "final_metrics", real_metrics)
+    monkeypatch.setattr(trainer, "final_metrics", real_metrics)
     assert run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2") == 0
     metrics = json.loads((out / rundir.METRICS_JSON).read_text())
-    assert metrics["early_stop"] == {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}
+    assert metrics["early_stop"] == {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5, "stage": "train"}
     assert len((out / rundir.METRICS_CSV).read_text().splitlines()) == 2  # one epoch, stopped at its first step
 
 

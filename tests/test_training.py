@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from robgan_tf import data, models
 from robgan_tf.callbacks import OverfitGuard
-from robgan_tf.training import TRADES, AdversarialTraining, CyclicLR, FineTuner, RobGAN
+from robgan_tf.schedules import CyclicLR
+from robgan_tf.training import TRADES, AdversarialTraining, FineTuner, RobGAN
 
 
 def _models(ds, spectral_norm="head"):
@@ -30,7 +31,7 @@ def _changed(before, model):
                                                          (False, "clean")], ids=["tf.function", "xla", "clean-rf"])
 def test_robgan_step_updates_both_models_with_finite_metrics(tiny_dataset, jit_compile, real_rf_input):
     g, d = _models(tiny_dataset)
-    model = RobGAN(g, d, eps=0.1, pgd_steps=3, real_rf_input=real_rf_input)
+    model = RobGAN(g, d, models.classifier_from(d), eps=0.1, pgd_steps=3, real_rf_input=real_rf_input)
     model.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3),
                   jit_compile=jit_compile)
     g0, d0 = _weights(g), _weights(d)
@@ -44,7 +45,7 @@ def test_robgan_step_updates_both_models_with_finite_metrics(tiny_dataset, jit_c
 
 def test_n_dis_makes_n_discriminator_updates_per_generator_update(tiny_dataset):
     g, d = _models(tiny_dataset)
-    model = RobGAN(g, d, eps=0.1, pgd_steps=1, n_dis=2)
+    model = RobGAN(g, d, models.classifier_from(d), eps=0.1, pgd_steps=1, n_dis=2)
     model.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
     x, y = _batch(tiny_dataset)
     model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(2), epochs=1, verbose=0)
@@ -55,7 +56,7 @@ def test_n_dis_makes_n_discriminator_updates_per_generator_update(tiny_dataset):
 
 def test_finetuning_changes_the_classifier_only(tiny_dataset):
     g, d = _models(tiny_dataset)
-    model = FineTuner(g, d, eps=0.1, pgd_steps=2, lam=0.5)
+    model = FineTuner(g, models.classifier_from(d), eps=0.1, pgd_steps=2, lam=0.5)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     g0, d0 = _weights(g), _weights(d)
     bn0 = [v.numpy().copy() for v in g.non_trainable_variables]
@@ -71,10 +72,10 @@ def test_finetuning_changes_the_classifier_only(tiny_dataset):
 
 def test_eps_warmup_ramps_linearly_to_target(tiny_dataset):
     g, d = _models(tiny_dataset)
-    model = RobGAN(g, d, eps=0.3, pgd_steps=1, eps_warmup_steps=10)
+    model = RobGAN(g, d, models.classifier_from(d), eps=0.3, pgd_steps=1, eps_warmup_steps=10)
     eps = [float(model.current_eps(tf.constant(s))) for s in (0, 4, 9, 50)]
     np.testing.assert_allclose(eps, [0.03, 0.15, 0.3, 0.3], rtol=1e-6)
-    assert float(RobGAN(g, d, eps=0.3, pgd_steps=1).current_eps(tf.constant(0))) == pytest.approx(0.3)
+    assert float(RobGAN(g, d, models.classifier_from(d), eps=0.3, pgd_steps=1).current_eps(tf.constant(0))) == pytest.approx(0.3)
 
 
 BASELINES = {

@@ -1,0 +1,1 @@
+"""The command lines (train.py, evaluate.py, export.py and the console scripts of pyproject.toml)."""

@@ -1,0 +1,62 @@
+"""Training losses as small pure functions of logits and labels, per example (float32).
+
+Every train step averages them over the global batch with `tf.nn.compute_average_loss`, so the
+same code is right on one device and under a `tf.distribute` strategy. Notation: x real images,
+x' their PGD-attacked copies, y their labels, G(z, y~) generated images of asked labels y~,
+D_rf the real/fake logit and D_cls the class logits of the discriminator, f the classifier
+(D's trunk and class head).
+"""
+
+import tensorflow as tf
+
+
+def cross_entropy(labels, logits):
+    """CE(f(x), y) = -log softmax(f(x))_y."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+
+
+def binary_cross_entropy(target, logits):
+    """BCE(D_rf(x), t) = -t·log σ(D_rf(x)) - (1 - t)·log(1 - σ(D_rf(x))), for logits of shape (N, 1)."""
+    logits = tf.cast(logits[:, 0], tf.float32)
+    return tf.nn.sigmoid_cross_entropy_with_logits(tf.fill(tf.shape(logits), target), logits)
+
+
+def kl_divergence(p_logits, q_logits):
+    """KL(p || q) = Σ_k p_k (log p_k - log q_k) between the softmax distributions of two logits."""
+    p_log = tf.nn.log_softmax(tf.cast(p_logits, tf.float32))
+    return tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(tf.cast(q_logits, tf.float32))), -1)
+
+
+def robgan_discriminator_loss(labels, real_cls, real_rf, fake_labels, fake_cls, fake_rf, fake_class_weight=0.0):
+    """Rob-GAN's discriminator loss (Liu & Hsieh, CVPR 2019, eq. 4 with AC-GAN's class term):
+
+        L_D = BCE(D_rf(x_rf), 1) + BCE(D_rf(G(z, y~)), 0) + CE(D_cls(x'), y) + w·CE(D_cls(G(z, y~)), y~)
+
+    where x_rf is x' (the paper) or x, and w = `fake_class_weight` (0 in Rob-GAN)."""
+    return (binary_cross_entropy(1.0, real_rf) + binary_cross_entropy(0.0, fake_rf)
+            + cross_entropy(labels, real_cls) + fake_class_weight * cross_entropy(fake_labels, fake_cls))
+
+
+def robgan_generator_loss(fake_labels, fake_cls, fake_rf):
+    """Rob-GAN's generator loss, non-saturating (Goodfellow et al. 2014) plus AC-GAN's class term:
+
+        L_G = BCE(D_rf(G(z, y~)), 1) + CE(D_cls(G(z, y~)), y~)"""
+    return binary_cross_entropy(1.0, fake_rf) + cross_entropy(fake_labels, fake_cls)
+
+
+def finetune_loss(labels, real_logits, fake_labels, fake_logits, lam):
+    """Rob-GAN's fine-tuning loss ("Rob-GAN w/ FT", Liu & Hsieh 2019, sec. 4.3), G frozen:
+
+        L = CE(f(x'), y) + λ·CE(f(G(z, y~)'), y~)
+
+    with G(z, y~)' the PGD-attacked generated image."""
+    return cross_entropy(labels, real_logits) + lam * cross_entropy(fake_labels, fake_logits)
+
+
+def trades_loss(labels, clean_logits, adv_logits, beta):
+    """TRADES (Zhang et al., ICML 2019, eq. 5):
+
+        L = CE(f(x), y) + β·KL(f(x) || f(x'))
+
+    with x' maximising the KL term in the eps-ball."""
+    return cross_entropy(labels, clean_logits) + beta * kl_divergence(clean_logits, adv_logits)

@@ -1,0 +1,241 @@
+"""The method registry: each training method declared in one place.
+
+A `Method` lists its stages (each a train-step class, how to build and compile it, its epochs,
+batches per step and callbacks), its optimizers and schedules, the settings it fixes or does not
+use, its own checks and its per-dataset default overrides. `trainer.train` runs a method's
+stages in order; nothing outside this module asks which method it runs. To add a method, add an
+entry to METHODS (and its train-step class to training.py).
+"""
+
+import dataclasses
+from typing import Callable
+
+import keras
+
+from robgan_tf import config as cfg
+from robgan_tf import distribute, quality, rundir
+from robgan_tf.callbacks import OverfitGuard
+from robgan_tf.schedules import CyclicLR
+from robgan_tf.training import TRADES, AdversarialTraining, FineTuner, RobGAN
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The models of a run, built once: G (None when a method has none), D and its classifier."""
+
+    generator: keras.Model | None
+    discriminator: keras.Model
+    classifier: keras.Model
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What a stage's callbacks may need: the run's settings, directory, held-out examples, the stage."""
+
+    config: cfg.Config
+    out_dir: str
+    held_out: tuple | None
+    stage: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a method: its name (in metrics.csv, logs/ and the progress bar), its
+    train-step class and how to build and compile it, its epochs, the batches each step takes,
+    whether eps warms up, what it does with G ("trained": scored and drawn every epoch;
+    "frozen": scores kept from before) and its extra callbacks."""
+
+    name: str
+    step_class: type
+    build: Callable
+    epochs: Callable[[cfg.Config], int]
+    batches_per_step: Callable[[cfg.Config], int] = lambda config: 1
+    warms_up: bool = True
+    generator: str | None = None
+    callbacks: Callable[[StageContext], list] = lambda context: []
+
+    def model(self, parts, optimizers, config, eps_warmup_steps=0):
+        """The compiled train-step model of this stage over the run's `parts` and `optimizers`."""
+        return self.build(self.step_class, parts, optimizers, config, eps_warmup_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A training method: its stages, optimizers (`optimizers(config, parts, steps)` with the
+    optimizer steps of each stage), whether it trains a generator, the settings it fixes
+    (`fixed(config)`), those it does not use (name: why) and refuses when set, extra checks,
+    its per-dataset defaults, and how many training images it holds out for its callbacks."""
+
+    name: str
+    summary: str
+    stages: tuple
+    optimizers: Callable
+    trains_generator: bool = False
+    fixed: Callable[[cfg.Config], dict] = lambda config: {}
+    unused: dict = dataclasses.field(default_factory=dict)
+    check: Callable[[cfg.Config], None] = lambda config: None
+    defaults: dict = dataclasses.field(default_factory=dict)
+    held_out: Callable[[cfg.Config], int] = lambda config: 0
+
+    def metric_columns(self):
+        """metrics.csv's columns for this method: its stages' declared metrics, and the
+        generator's quality scores when a stage draws from G."""
+        names = dict.fromkeys(n for stage in self.stages for n in stage.step_class.metric_names)
+        scored = any(stage.generator for stage in self.stages)
+        return rundir.ROW_KEYS + tuple(names) + (quality.COLUMNS if scored else ())
+
+
+def adam(config, learning_rate, variables):
+    """Adam with the run's betas, wrapped for float16 loss scaling, built for `variables`."""
+    optimizer = keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+def attack_settings(config, eps_warmup_steps):
+    """The training attack's settings for a train-step class."""
+    return dict(eps=config.eps, pgd_steps=config.pgd_steps, pgd_step_size=config.pgd_step_size, seed=config.seed,
+                eps_warmup_steps=eps_warmup_steps, attack_jit=distribute.jit_options(config)["attack_jit"],
+                attack_loss_scale=1024.0 if config.mixed_precision == "mixed_float16" else 1.0)
+
+
+def _compile(model, config, **optimizers):
+    model.compile(**optimizers, jit_compile=distribute.jit_options(config)["model_jit"])
+    return model
+
+
+# Rob-GAN: co-training, then fine-tuning of the classifier with G frozen.
+
+def _cotrain(step_class, parts, optimizers, config, warmup):
+    model = step_class(parts.generator, parts.discriminator, parts.classifier,
+                       fake_class_weight=config.fake_class_weight, n_dis=config.n_dis,
+                       real_rf_input=config.real_rf_input, **attack_settings(config, warmup))
+    return _compile(model, config, d_optimizer=optimizers["d_optimizer"], g_optimizer=optimizers["g_optimizer"])
+
+
+def _finetune(step_class, parts, optimizers, config, warmup):
+    model = step_class(parts.generator, parts.classifier, lam=config.lam, gen_ratio=config.gen_ratio,
+                       **attack_settings(config, warmup))
+    return _compile(model, config, optimizer=optimizers["ft_optimizer"])
+
+
+def _robgan_optimizers(config, parts, steps):
+    # fine-tuning anneals its learning rate to 0 (cosine) over the whole stage
+    finetune_lr = keras.optimizers.schedules.CosineDecay(config.finetune_lr, max(1, steps["finetune"]))
+    return dict(d_optimizer=adam(config, config.d_lr, parts.discriminator.trainable_variables),
+                g_optimizer=adam(config, config.g_lr, parts.generator.trainable_variables),
+                ft_optimizer=adam(config, finetune_lr, parts.classifier.trainable_variables))
+
+
+def _robgan_check(config):
+    if config.generator:
+        raise cfg.ConfigError("--generator is for the baselines' --gen-ratio; Rob-GAN mixes in its own generator")
+
+
+ROBGAN = Method(
+    name="robgan",
+    summary="Rob-GAN (Liu & Hsieh 2019): co-training of G and the two-headed D on attacked images, then "
+            "fine-tuning of D's classifier",
+    stages=(Stage("cotrain", RobGAN, _cotrain, epochs=lambda c: c.epochs, batches_per_step=lambda c: c.n_dis,
+                  generator="trained"),
+            Stage("finetune", FineTuner, _finetune, epochs=lambda c: c.finetune_epochs, warms_up=False,
+                  generator="frozen")),
+    optimizers=_robgan_optimizers,
+    trains_generator=True,
+    unused={"beta": "it is TRADES' weight"},
+    check=_robgan_check,
+)
+
+
+# Baselines: the same classifier trained alone in one stage.
+
+def _classifier_stage(**extra):
+    def build(step_class, parts, optimizers, config, warmup):
+        settings = {**attack_settings(config, warmup), **{k: f(config) for k, f in extra.items()}}
+        model = step_class(parts.classifier, parts.generator, gen_ratio=config.gen_ratio, **settings)
+        return _compile(model, config, optimizer=optimizers["c_optimizer"])
+    return build
+
+
+def _classifier_optimizers(schedule):
+    def optimizers(config, parts, steps):
+        return dict(c_optimizer=adam(config, schedule(config.d_lr, max(1, steps["train"])),
+                                     parts.classifier.trainable_variables))
+    return optimizers
+
+
+def _baseline_check(config):
+    if config.gen_ratio and not config.generator:
+        raise cfg.ConfigError(f"--gen-ratio with --method {config.method} needs --generator <generator.keras>")
+
+
+_GAN_ONLY = {name: "it sets Rob-GAN's generator, discriminator or fine-tuning; a baseline trains a classifier "
+                   "alone" for name in ("spectral_norm", "n_dis", "real_rf_input", "fake_class_weight", "lam",
+                                        "g_lr", "finetune_lr", "finetune_epochs")}
+_BASELINE_FIXED = dict(spectral_norm="head", n_dis=1, finetune_epochs=0)  # a baseline's D: no spectral norm
+
+
+def _baseline(name, summary, step_class, schedule=keras.optimizers.schedules.CosineDecay, extra=None,
+              fixed=None, unused=None, callbacks=None, **kwargs):
+    """A classifier trained alone: one "train" stage of `step_class` (with `extra` settings from
+    the config), Adam under `schedule`, the GAN-only settings fixed or refused."""
+    stage = Stage("train", step_class, _classifier_stage(**(extra or {})), epochs=lambda c: c.epochs,
+                  callbacks=callbacks or (lambda context: []))
+    return Method(name=name, summary=summary, stages=(stage,), optimizers=_classifier_optimizers(schedule),
+                  fixed=lambda config: {**_BASELINE_FIXED, **(fixed(config) if fixed else {})},
+                  unused={**_GAN_ONLY, **(unused or {})}, check=_baseline_check, **kwargs)
+
+
+def _overfit_guard(context):
+    return [OverfitGuard(*context.held_out, context.config.eps, context.config.seed,
+                         record=lambda fired: rundir.write_early_stop(context.out_dir,
+                                                                      {**fired, "stage": context.stage}))]
+
+
+_NOT_TRADES = {"beta": "it is TRADES' weight"}
+
+METHODS = {m.name: m for m in (
+    ROBGAN,
+    _baseline("pgd-at", "PGD adversarial training (Madry et al. 2018)", AdversarialTraining, unused=_NOT_TRADES),
+    _baseline("fgsm-rs", "FGSM with a random start (Wong et al. 2020): one step of 1.25 eps, cyclic learning "
+                         "rate, catastrophic-overfitting guard on a held-out batch", AdversarialTraining,
+              schedule=CyclicLR, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=1.25 * c.eps),
+              unused={**_NOT_TRADES, "pgd_steps": "its one step is 1.25 x eps",
+                      "pgd_step_size": "its one step is 1.25 x eps"},
+              callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
+    _baseline("trades", "TRADES (Zhang et al. 2019): CE on clean images + beta KL to the attacked ones", TRADES,
+              extra={"beta": lambda c: c.beta}),
+)}
+
+
+def get(name):
+    if name not in METHODS:
+        raise cfg.ConfigError(f"--method {name!r}: use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def config_for(dataset, method="robgan", settings=None, explicit=()):
+    """The run's Config: Config's defaults, then the dataset's, the method's for the dataset,
+    `settings`, and what the method fixes; checked (ranges, then the method's own rules).
+    Settings named in `explicit` (set by the user) that the method does not use are refused."""
+    spec = get(method)
+    unknown = sorted(set(settings or {}) - {f.name for f in dataclasses.fields(cfg.Config)})
+    if unknown:
+        raise cfg.ConfigError(f"unknown settings: {', '.join(unknown)}")
+    for name in explicit:
+        if name in spec.unused:
+            raise cfg.ConfigError(f"{cfg.flag(name)} does not apply to --method {method}: {spec.unused[name]}")
+    values = {**cfg.dataset_defaults(dataset), **spec.defaults.get(dataset, {}), **(settings or {}),
+              "dataset": dataset, "method": method}
+    config = cfg.Config(**values)
+    config = config.replace(**spec.fixed(config))
+    cfg.check(config)
+    spec.check(config)
+    return config
+
+
+def normalise(config):
+    """A saved Config with what its method fixes applied (runs written before a setting was fixed)."""
+    return config.replace(**get(config.method).fixed(config))

@@ -1,0 +1,162 @@
+"""One training run, from settings to run directory: the method's stages in order, then the
+final evaluation on the test split.
+
+Resumable: the checkpoint records the stage, epoch and batch, so rerunning the same settings
+after an interruption continues where the last checkpoint left off.
+"""
+
+import os
+import time
+
+import keras
+
+from robgan_tf import data, distribute, evaluation, methods, models, quality, rundir
+from robgan_tf.attacks import default_step_size
+from robgan_tf.config import AttackSettings
+from robgan_tf.loop import StageRunner
+
+
+def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage=None):
+    """Trains (or resumes, or just reports) the run of `config` on `dataset` in out_dir and
+    returns the final metrics. `after_stage(stage_name, checkpoint_manager)`, when given, is
+    called once a stage's last checkpoint is written."""
+    method = methods.get(config.method)
+    if overwrite and config.distribute == "multiworker":  # the chief's rmtree would race the workers
+        raise rundir.RunDirError("--overwrite with --distribute multiworker: remove the run directory first")
+    strategy = distribute.make_strategy(config.distribute)  # first: multi-worker needs it before other TF ops
+    x, y = data.subset(dataset.x_train, dataset.y_train, config.train_limit, config.seed)
+    n_out = method.held_out(config)  # e.g. FGSM-RS's batch for its catastrophic-overfitting check
+    held_out, x, y = ((x[:n_out], y[:n_out]) if n_out else None), x[n_out:], y[n_out:]
+    stage_data = []
+    for stage in method.stages:
+        batch = config.batch_size * stage.batches_per_step(config)
+        if len(y) < batch:
+            raise data.DataError(f"{len(y)} training images cannot fill one step of {batch} images (--batch-size "
+                                 f"{config.batch_size} x {batch // config.batch_size} batches per step); lower "
+                                 f"--batch-size or raise --train-limit")
+        stage_data.append(data.TrainData(x, y, batch, config.augment, config.seed))
+    own_dir = distribute.worker_dir(strategy, out_dir)
+    rundir.prepare(own_dir, config, dataset.class_names, overwrite, normalise=methods.normalise)
+    keras.utils.set_random_seed(config.seed)
+    steps = {stage.name: d.steps * stage.epochs(config) for stage, d in zip(method.stages, stage_data)}
+    with strategy.scope(), distribute.dtype_policy(config.mixed_precision):
+        parts = build_parts(config, dataset, method)
+        optimizers = method.optimizers(config, parts, steps)
+    progress = rundir.Progress()
+    trained = {"discriminator": parts.discriminator, **({"generator": parts.generator}
+                                                        if method.trains_generator else {})}
+    manager = rundir.checkpoint_manager(own_dir, progress, restore_from=out_dir, **trained, **optimizers)
+
+    def save_models():
+        named = [(parts.discriminator, rundir.DISCRIMINATOR), (parts.classifier, rundir.CLASSIFIER)]
+        for model, name in named + ([(parts.generator, rundir.GENERATOR)] if parts.generator is not None else []):
+            rundir.save_model(model, own_dir, name)
+
+    if progress.stage_index >= len(method.stages) and os.path.exists(os.path.join(own_dir, rundir.METRICS_JSON)):
+        print(f"{out_dir} is finished; nothing to train (use --overwrite to train it again).")
+        return rundir.read_metrics_json(own_dir)
+
+    scorer, scores = None, {}
+    if parts.generator is not None:
+        scorer = quality.GeneratorQuality(dataset, reference_classifier(dataset, own_dir, config.seed),
+                                          seed=config.seed)
+        print(f"GAN-test reference classifier: {scorer.reference_accuracy:.3f} accuracy on real test images")
+
+    def frozen_scores(_=None):
+        """G's scores once it no longer changes (computed once)."""
+        if scorer is not None and not scores:
+            scores.update(scorer(parts.generator))
+        return scores
+
+    runner = StageRunner(strategy, progress, manager, save_models, dataset.class_names, own_dir,
+                         config.checkpoint_every, method.metric_columns(), verbose)
+    started = time.time()
+    while progress.stage_index < len(method.stages):
+        index = progress.stage_index
+        stage, stage_steps = method.stages[index], stage_data[index]
+        stopped = rundir.read_early_stop(own_dir)  # a guard that stopped this stage just before a crash
+        if not (stopped and stopped.get("stage", method.stages[0].name) == stage.name):
+            epochs = stage.epochs(config)
+            warmup = round(min(config.eps_warmup_epochs, epochs) * stage_steps.steps * stage.batches_per_step(config))
+            with strategy.scope():
+                model = stage.model(parts, optimizers, config, warmup if stage.warms_up else 0)
+            score = {"trained": scorer, "frozen": frozen_scores}.get(stage.generator)
+            offset = sum(s.epochs(config) for s in method.stages[:index])
+            context = methods.StageContext(config, own_dir, held_out, stage.name)
+            runner.run(model, stage_steps, stage.name, epochs, offset, score, stage.callbacks(context))
+        progress.next_stage()
+        manager.save()
+        if after_stage is not None:
+            after_stage(stage.name, manager)
+
+    save_models()
+    metrics = final_metrics(parts.classifier, dataset, config, frozen_scores())
+    early_stop = rundir.read_early_stop(own_dir)
+    metrics.update(method=config.method, train_seconds_this_session=round(time.time() - started, 1),
+                   **({"early_stop": early_stop} if early_stop else {}))
+    rundir.write_metrics_json(own_dir, metrics)
+    gan = (f", GAN-test accuracy {metrics['gan_test_accuracy']:.3f}, sample diversity "
+           f"{metrics['sample_diversity']:.2f} of real" if scores else "")
+    print(f"clean accuracy {metrics['clean_accuracy']:.4f}, PGD-20 accuracy {metrics['pgd20_accuracy']:.4f} "
+          f"(eps={config.eps:.4g}, {metrics['eval_examples']} test images){gan}")
+    warning = quality.collapse_warning(metrics) if scores else None
+    if warning:
+        print(warning)
+    return metrics
+
+
+def build_parts(config, dataset, method):
+    """The models of a run, built once (inside the strategy's scope and dtype policy): D, its
+    classifier, and G (trained by the method, or a baseline's frozen --generator, or None)."""
+    # Spectral norm is a GAN setting: a baseline's D has it on the real/fake head only (methods.py
+    # fixes it), so that runs made before stay loadable.
+    discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config.width, config.depth,
+                                               config.spectral_norm)
+    classifier = models.classifier_from(discriminator)
+    if method.trains_generator:
+        generator = models.build_generator(dataset.image_shape, dataset.num_classes, config.g_width, config.z_dim)
+    else:
+        generator = frozen_generator(config.generator, dataset) if config.gen_ratio else None
+    return methods.Parts(generator, discriminator, classifier)
+
+
+def frozen_generator(path, dataset):
+    """A trained generator.keras whose samples a baseline mixes into its batches."""
+    if not os.path.isfile(path):
+        raise data.DataError(f"--generator {path}: no such file (a generator.keras from a Rob-GAN run)")
+    generator = keras.saving.load_model(path)
+    if tuple(generator.output.shape[1:]) != dataset.image_shape:
+        raise data.DataError(f"--generator {path} makes {tuple(generator.output.shape[1:])} images, "
+                             f"not {dataset.name}'s {dataset.image_shape}")
+    generator.trainable = False
+    return generator
+
+
+def reference_classifier(dataset, out_dir, seed):
+    """The GAN-test classifier, trained once per run directory and kept there."""
+    path = os.path.join(out_dir, rundir.REFERENCE_CLASSIFIER)
+    if os.path.exists(path):
+        return keras.saving.load_model(path)
+    print("training the GAN-test reference classifier on real training images ...")
+    model = quality.train_reference_classifier(dataset, seed=seed)
+    rundir.save_model(model, out_dir, rundir.REFERENCE_CLASSIFIER)
+    return model
+
+
+def final_metrics(classifier, dataset, config, generator_scores):
+    """Clean and PGD-20 accuracy on a stratified test subset, with the generator's quality scores."""
+    x, y = data.subset(dataset.x_test, dataset.y_test, config.eval_examples, config.seed)
+    logits_fn = evaluation.inference_fn(models.float32_copy(classifier))  # attacks in float32
+    settings = AttackSettings(seed=config.seed)  # PGD-20, one restart
+    attack = evaluation.PGD(settings.pgd_steps, settings.pgd_restarts)
+    result = evaluation.evaluate(logits_fn, x, y, [config.eps], attack, settings=settings, verbose=False)
+    return {
+        "clean_accuracy": result["clean_accuracy"],
+        "pgd20_accuracy": result["robust_accuracy"][attack.name][evaluation.eps_key(config.eps)],
+        "eps": config.eps,
+        "eval_examples": len(y),
+        "eval_split": "test",
+        "pgd": {"steps": attack.steps, "step_size": default_step_size(config.eps, attack.steps),
+                "restarts": attack.restarts, "random_start": True, "loss": "cross-entropy"},
+        **generator_scores,
+    }

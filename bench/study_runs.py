@@ -87,7 +87,7 @@ def start_from_cotrained(source_dir, out_dir, columns):
     if os.path.exists(os.path.join(out_dir, rundir.METRICS_CSV)):  # from an interrupted start
         os.remove(os.path.join(out_dir, rundir.METRICS_CSV))
     for row in rows:
-        rundir.append_metrics_row(out_dir, row, columns)
+        rundir.write_metrics_row(out_dir, row, columns)
     checkpoints = os.path.join(out_dir, rundir.CHECKPOINTS)
     os.makedirs(checkpoints, exist_ok=True)
     for name in sorted(os.listdir(kept), key=lambda name: name == "checkpoint"):  # the run starts there

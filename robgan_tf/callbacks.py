@@ -93,7 +93,7 @@ class EpochReport(keras.callbacks.Callback):
             logs.update(quality)
             row.update({k: quality[k] for k in COLUMNS})
         row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1))
-        rundir.append_metrics_row(self.out_dir, row, self.columns)
+        rundir.write_metrics_row(self.out_dir, row, self.columns)
 
 
 class OverfitGuard(keras.callbacks.Callback):

@@ -22,7 +22,8 @@ class StageRunner:
 
     def run(self, model, train_data, stage, epochs, epoch_offset, quality, extra_callbacks=()):
         """Trains `model` (a compiled train-step model) on `train_data` up to `epochs` epochs of
-        this stage; `quality(generator)` scores G at each epoch end when given."""
+        this stage; `quality(generator)` scores G at each epoch end when given. An epoch's row and
+        grid are written before its checkpoint, so a kill between them redoes the epoch's report."""
         guard = NonFiniteGuard([k for k in LOSSES if k in model.metric_names], self.out_dir)
         report = EpochReport(self.out_dir, stage, epoch_offset, model.generator, quality, self.class_names,
                              self.columns)
@@ -33,7 +34,7 @@ class StageRunner:
             ckpt = StepCheckpoint(self.manager, self.progress, self.checkpoint_every, steps, self.save_models,
                                   batch_offset=skip)
             distribute.fit(self.strategy, model, train_data.epochs(first, last, skip), first, last, steps - skip,
-                           [guard, ckpt, report, board, *extra_callbacks], self.verbose)
+                           [guard, report, ckpt, board, *extra_callbacks], self.verbose)
 
         epoch, done = int(self.progress.epoch.numpy()), int(self.progress.batch.numpy())
         if done and epoch < epochs:

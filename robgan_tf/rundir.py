@@ -109,19 +109,29 @@ def read_early_stop(out_dir):
         return json.load(f)
 
 
-def append_metrics_row(out_dir, row, columns):
-    """Appends one epoch to metrics.csv with these `columns`; keys outside them are an error
-    (nothing is dropped silently), missing ones stay empty."""
+def write_metrics_row(out_dir, row, columns):
+    """Writes one epoch's row of metrics.csv with these `columns`, replacing the row of the same
+    stage and epoch if there is one (an epoch redone after a kill); keys outside `columns` are an
+    error (nothing is dropped silently), missing ones stay empty. A file written with other columns
+    (an older version's order, or fewer) keeps its own order, extended by the new columns. The file
+    is replaced atomically."""
     unknown = set(row) - set(columns)
     if unknown:
         raise KeyError(f"metrics not in the schema: {sorted(unknown)}")
     path = os.path.join(out_dir, METRICS_CSV)
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    rows, header = [], list(columns)
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or ())
+            rows = [r for r in reader if (r["stage"], r["epoch"]) != (str(row["stage"]), str(row["epoch"]))]
+        header += [c for c in columns if c not in header]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(rows + [row])
+    os.replace(tmp, path)
 
 
 def read_metrics_rows(out_dir):

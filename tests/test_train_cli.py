@@ -82,6 +82,31 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(tiny_data_dir, tmp_pat
     assert d_steps == [8], f"2 epochs x 4 batches, no batch repeated or skipped: {steps}"
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_at_the_epoch_end_checkpoint_keeps_one_row_and_one_grid_per_epoch(tiny_data_dir, tmp_path, when,
+                                                                                 monkeypatch):
+    """Issue 16.3: killed just before or just after epoch 1's end-of-epoch checkpoint (its report
+    already written), the resumed run still has exactly one metrics.csv row and one grid per epoch."""
+    out = tmp_path / "run"
+    original = StepCheckpoint.on_epoch_end
+
+    def killed_at_the_first_epoch_end(self, epoch, logs=None):
+        if when == "after":
+            original(self, epoch, logs)
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(StepCheckpoint, "on_epoch_end", killed_at_the_first_epoch_end)
+    args = ("--epochs", "2", "--finetune-epochs", "1", "--n-dis", "1")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_data_dir, out, *args)
+    monkeypatch.setattr(StepCheckpoint, "on_epoch_end", original)
+    assert run(tiny_data_dir, out, *args) == 0
+    rows = rundir.read_metrics_rows(out)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("cotrain", "1"), ("cotrain", "2"), ("finetune", "3")]
+    assert sorted(p.name for p in (out / rundir.SAMPLES).iterdir()) == [
+        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
+
+
 def test_corrupt_checkpoint_gives_a_clear_error(tiny_data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "0") == 0

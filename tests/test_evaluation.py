@@ -118,3 +118,8 @@ def test_evaluate_cli_errors_are_one_clear_line(tiny_run, tiny_data_dir, tmp_pat
     assert evaluate.main(["--model", str(tiny_run / rundir.CLASSIFIER), "--dataset", "tiny",
                           "--data-dir", str(wrong)]) == 1
     assert "does not take tiny images of shape (28, 28, 1)" in capsys.readouterr().err
+    out = tmp_path / "not-written"
+    assert evaluate.main(["--model", str(tiny_run / rundir.CLASSIFIER), "--dataset", "tiny", "--pgd-steps", "0",
+                          "--data-dir", str(tiny_data_dir), "--out", str(out)]) == 1
+    assert "--pgd-steps 0 is out of range: it must be >= 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -49,6 +49,7 @@ def main(argv=None):
     out = args.out or (os.path.join(args.model, "evaluation") if run_config else "evaluation")
     settings = cfg.AttackSettings(**cfg.given(args, cfg.AttackSettings))
     try:
+        cfg.check(settings)  # a ConfigError (a ValueError) naming the flag
         dataset = data.load(dataset_name, args.data_dir, args.tfds_dir)
         logits_fn = evaluation.load_classifier(args.model)
     except (data.DataError, FileNotFoundError, ValueError) as e:

@@ -155,12 +155,10 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def check(settings, fields=None):
+def check(settings):
     """Raises ConfigError naming the flag of the first setting of the dataclass instance
-    `settings` (or of its `fields`) that is out of its range or choices."""
+    `settings` that is out of its range or choices."""
     for f in dataclasses.fields(settings):
-        if fields is not None and f.name not in fields:
-            continue
         value, valid, choices = getattr(settings, f.name), f.metadata.get("valid"), f.metadata.get("choices")
         if value is None:
             if not _optional(type(settings), f.name):
@@ -188,14 +186,12 @@ def _base_type(cls, name):
     return hint
 
 
-def add_arguments(parser, cls, defaults_text=None, skip=(), choices=None):
+def add_arguments(parser, cls, defaults_text=None, choices=None):
     """Adds a flag per field of the dataclass `cls` to `parser`, each defaulting to None (so that
     what the user set can be told apart from a default). `defaults_text(name)` may describe a
     field's default (e.g. per dataset); `choices` overrides a field's choices."""
     choices = choices or {}
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         kind, text = _base_type(cls, f.name), f.metadata["help"]
         valid = f.metadata.get("valid")
         default = defaults_text(f.name) if defaults_text else f"default: {_show(f.default)}"

@@ -129,6 +129,9 @@ def _robgan_optimizers(config, parts, steps):
                 ft_optimizer=adam(config, finetune_lr, parts.classifier.trainable_variables))
 
 
+_NOT_TRADES = {"beta": "it is TRADES' weight"}
+
+
 def _robgan_check(config):
     if config.generator:
         raise cfg.ConfigError("--generator is for the baselines' --gen-ratio; Rob-GAN mixes in its own generator")
@@ -144,7 +147,7 @@ ROBGAN = Method(
                   generator="frozen")),
     optimizers=_robgan_optimizers,
     trains_generator=True,
-    unused={"beta": "it is TRADES' weight"},
+    unused=_NOT_TRADES,
     check=_robgan_check,
 )
 
@@ -194,7 +197,6 @@ def _overfit_guard(context):
                                                                       {**fired, "stage": context.stage}))]
 
 
-_NOT_TRADES = {"beta": "it is TRADES' weight"}
 
 METHODS = {m.name: m for m in (
     ROBGAN,

@@ -6,6 +6,7 @@ TensorBoard `logs/`, the step-based training checkpoint `ckpt/`, and, when FGSM-
 stopped it, `early_stop.json`.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -72,11 +73,18 @@ def prepare(out_dir, config, class_names, overwrite=False, normalise=lambda conf
         _write_json(path, {**config.as_dict(), "class_names": list(class_names)})
 
 
-def _write_json(path, obj):
+@contextlib.contextmanager
+def _replaced(path, newline=None):
+    """A file to write that replaces `path` atomically once written (a crash leaves the old one)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+    with open(tmp, "w", newline=newline) as f:
+        yield f
     os.replace(tmp, path)
+
+
+def _write_json(path, obj):
+    with _replaced(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
 
 
 def save_model(model, out_dir, name):
@@ -126,12 +134,10 @@ def write_metrics_row(out_dir, row, columns):
             header = list(reader.fieldnames or ())
             rows = [r for r in reader if (r["stage"], r["epoch"]) != (str(row["stage"]), str(row["epoch"]))]
         header += [c for c in columns if c not in header]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with _replaced(path, newline="") as f:
         writer = csv.DictWriter(f, header)
         writer.writeheader()
         writer.writerows(rows + [row])
-    os.replace(tmp, path)
 
 
 def read_metrics_rows(out_dir):

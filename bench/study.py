@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robgan_tf import data, evaluation, methods, report, rundir, trainer  # noqa: E402
+from robgan_tf import data, evaluation, methods, report, rundir, synthetic, trainer  # noqa: E402
 from robgan_tf.config import AttackSettings, Config  # noqa: E402
 from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained, study_bars  # noqa: E402
 
@@ -33,7 +33,13 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
     "pgd-at+gen": {"method": "pgd-at", "gen_ratio": 0.3, "generator": "{robgan}/generator.keras"},
     "fgsm-rs": {"method": "fgsm-rs"},
     "trades": {"method": "trades"},
+    "cgan": {"method": "cgan"},  # trained for as long as robgan's co-training
+    # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}")
+    **{f"{base}+{gan}-data": {"method": base, "synthetic": "{" + gan + "}"}
+       for base in ("pgd-at", "trades") for gan in ("robgan", "cgan")},
 }
+GENERATORS = ("robgan", "cgan")  # the study's GAN runs whose generators other variants use
+CONTROLS = ("cgan",)  # trained for their generator only: not evaluated, not in the table
 FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
 
@@ -75,8 +81,9 @@ class LoadSampler:
 
 def sized_config(base, dataset, budget_seconds, step_seconds):
     """Epochs (and fine-tuning epochs, eps warm-up) that fit the training budget."""
-    images = len(data.subset(dataset.x_train, dataset.y_train, base.train_limit)[1])
-    steps, finetune_steps = images // (base.batch_size * base.n_dis), images // base.batch_size
+    images = min(base.train_limit or len(dataset.y_train), len(dataset.y_train) - base.val_examples)
+    real_batch = base.batch_size - (round(base.synthetic_fraction * base.batch_size) if base.synthetic else 0)
+    steps, finetune_steps = images // (real_batch * base.n_dis), images // real_batch
     if "finetune" in step_seconds:  # Rob-GAN: the defaults' split of time between the two stages, and
         # one fine-tuning epoch if they have any and it fits (it is where Rob-GAN mixes in its fakes)
         main = base.epochs * steps * step_seconds["cotrain"]
@@ -142,14 +149,42 @@ def _unpaired(out, methods, settings, n_examples):
     return None
 
 
+def needs(name):
+    """The study GAN runs a variant builds on (their generator, or robgan's co-training)."""
+    variant = VARIANTS[name]
+    wanted = {gan for gan in GENERATORS if "{" + gan + "}" in str(variant.get("generator")) + str(
+        variant.get("synthetic"))}
+    return wanted | ({"robgan"} if shares_cotraining(name) or name == "cgan" else set())
+
+
 def _generator_first(methods, state):
-    """Why a variant that builds on the study's Rob-GAN run (its generator, or its co-training)
-    would come before that run is trained, or None."""
+    """Why a variant that builds on a study GAN run would come before that run is trained, or None."""
     for i, name in enumerate(methods):
-        needs = "{robgan}" in str(VARIANTS[name].get("generator")) or shares_cotraining(name)
-        if needs and "robgan" not in methods[:i] and not state["methods"].get("robgan", {}).get("trained"):
-            return f"{name} builds on the study's Rob-GAN run: list robgan before it"
+        for gan in sorted(needs(name)):
+            if gan not in methods[:i] and not state["methods"].get(gan, {}).get("trained"):
+                return f"{name} builds on the study's {gan} run: list {gan} before it"
     return None
+
+
+def generator_seconds(name, state, out):
+    """The time it took to train a study GAN's generator: robgan's co-training, or all of cgan's."""
+    entry = state["methods"][name]
+    return cotrain_seconds(entry, os.path.join(out, name)) if name == "robgan" else entry["train_seconds"]
+
+
+def sample_set(gan, state, out, n, seed):
+    """The study's set of n samples of a GAN run's generator (made once, timed, resumable)."""
+    path = os.path.join(out, f"{gan}-data.npz")
+    key = f"{gan}_sampling_seconds"
+    if key not in state:
+        import keras
+
+        print(f"== sampling {n} images from {gan}'s generator ...")
+        started = time.time()
+        generator = keras.saving.load_model(os.path.join(out, gan, rundir.GENERATOR))
+        synthetic.write(generator, n, path, seed, describe={"generator": os.path.join(out, gan, rundir.GENERATOR)})
+        state[key] = round(time.time() - started, 1)
+    return path, state[key]
 
 
 def mcnemar_p(a, b):
@@ -174,6 +209,8 @@ def parser():
     p.add_argument("--square-queries", type=int, default=5000, help="Square's query budget in the evaluation")
     p.add_argument("--apgd-targets", type=int, default=9)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic-n", type=int, default=20000, help="images sampled once from a study GAN's "
+                                                                  "generator for the +<gan>-data variants")
     p.add_argument("--out", help="study folder (default: checkpoints/study-<dataset>)")
     p.add_argument("--benchmarks", default="BENCHMARKS.md", help="Markdown file whose study section is rewritten")
     p.add_argument("--force", action="store_true", help="start even if other training or test runs are seen")
@@ -214,6 +251,14 @@ def main(argv=None):
         run_dir = os.path.join(out, name)
         variant = {k: v.format(robgan=os.path.join(out, "robgan")) if isinstance(v, str) else v
                    for k, v in VARIANTS[name].items()}
+        gan = next((g for g in GENERATORS if "{" + g + "}" in str(VARIANTS[name].get("synthetic"))), None)
+        budget = 60 * args.budget_minutes
+        if gan:  # the generator's training and the sampling count in the budget
+            variant["synthetic"], entry["sampling_seconds"] = sample_set(gan, state, out, args.synthetic_n, args.seed)
+            entry["generator_seconds"] = generator_seconds(gan, state, out)
+            budget -= entry["generator_seconds"] + entry["sampling_seconds"]
+        elif name == "cgan":  # a generator trained for as long as Rob-GAN's
+            budget = generator_seconds("robgan", state, out)
         base = methods.config_for(args.dataset, variant.pop("method"),
                                   {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
         shared = shares_cotraining(name)
@@ -227,7 +272,7 @@ def main(argv=None):
                                        entry["train_seconds"], entry["step_seconds"])
                 entry["cotraining"] = "robgan"
             else:
-                config = sized_config(base, dataset, 60 * args.budget_minutes, entry["step_seconds"])
+                config = sized_config(base, dataset, budget, entry["step_seconds"])
             entry["config"] = config.as_dict()
             entry["budget_minutes"] = args.budget_minutes
             save_state()
@@ -250,7 +295,7 @@ def main(argv=None):
                     entry["load_average"] = {"mean": round(sum(samples) / len(samples), 2), "max": max(samples)}
                     save_state()
         eval_dir = os.path.join(run_dir, "study_evaluation")
-        if not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
+        if name not in CONTROLS and not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
             print(f"== {name}: autoattack on {len(y_eval)} test examples")
             result = evaluation.evaluate(evaluation.load_classifier(run_dir), x_eval, y_eval, [config.eps],
                                          evaluation.attack_named("autoattack", settings), settings)
@@ -280,7 +325,9 @@ def table_rows(state, out, args):
                      "pgd20_ci95": rep["robust_accuracy_ci95"]["pgd-20"][eps],
                      "autoattack": rep["robust_accuracy"]["autoattack"][eps],
                      "autoattack_ci95": rep["robust_accuracy_ci95"]["autoattack"][eps],
-                     "gan_test": metrics.get("gan_test_accuracy"), "early_stop": metrics.get("early_stop"),
+                     "gan_test": metrics.get("gan_test_accuracy"), "gan_train": metrics.get("gan_train_accuracy"), "early_stop": metrics.get("early_stop"),
+                     "generator_minutes": round((entry.get("generator_seconds", 0) + entry.get(
+                         "sampling_seconds", 0)) / 60, 1), "best_epoch": (metrics.get("best_epoch") or {}).get("epoch"),
                      "masking": rep["possible_gradient_masking"], "cotraining": entry.get("cotraining")})
     return rows
 
@@ -305,6 +352,25 @@ def command(args):
     return " ".join(parts)
 
 
+def section_name(args):
+    """The study's name in BENCHMARKS.md: the dataset, and the training-set size when limited."""
+    limit = dict(_setting(item) for item in args.set).get("train_limit")
+    return f"{args.dataset}-{limit}" if limit else args.dataset
+
+
+def generator_lines(state, out):
+    """A line per study GAN: its training time and its generator's scores as a data source."""
+    lines = []
+    for gan in (g for g in GENERATORS if state["methods"].get(g, {}).get("trained")):
+        m = rundir.read_metrics_json(os.path.join(out, gan))
+        lines.append(f"- {gan}'s generator ({round(generator_seconds(gan, state, out) / 60, 1)} training minutes): "
+                     f"GAN-test {100 * m['gan_test_accuracy']:.1f}% (reference CNN on real images: "
+                     f"{100 * m['gan_test_reference_accuracy']:.1f}%), GAN-train {100 * m['gan_train_accuracy']:.1f}% "
+                     f"(the same CNN trained on the real training images: {100 * m['gan_train_real_accuracy']:.1f}%), "
+                     f"diversity {m['sample_diversity']:.2f} of real.")
+    return ["", *lines] if lines else []
+
+
 def write_outputs(rows, state, out, args):
     import numpy as np
 
@@ -318,33 +384,47 @@ def write_outputs(rows, state, out, args):
     if "pgd-at" in by_name:
         for name in (n for n in by_name if VARIANTS[n]["method"] == "robgan"):
             paired[f"{name}_vs_pgd-at_mcnemar_p"] = mcnemar_p(by_name[name]["_robust"], by_name["pgd-at"]["_robust"])
+    gan_rows = [r for r in rows if VARIANTS[r["method"]]["method"] == "robgan" or "synthetic" in VARIANTS[r["method"]]]
+    real_rows = [r for r in rows if r not in gan_rows]
+    if gan_rows and real_rows:  # the best row that uses a GAN against the best that does not
+        best_gan, best_real = (max(group, key=lambda r: r["autoattack"]) for group in (gan_rows, real_rows))
+        paired[f"{best_gan['method']}_vs_{best_real['method']}_mcnemar_p"] = mcnemar_p(best_gan["_robust"],
+                                                                                       best_real["_robust"])
     pct = lambda v, ci: f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"  # noqa: E731
-    lines = [f"<!-- study:{args.dataset} -->",
+    name = section_name(args)
+    lines = [f"<!-- study:{name} -->",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
              f"Budget {args.budget_minutes:g} "
-             f"training minutes per method. Command: `{command(args)}`. "
+             f"training minutes per method, a generator's training and sampling included (G + sampling). "
+             f"Command: `{command(args)}`. "
              f"Evaluation: autoattack (APGD-CE, APGD-T, Square) at eps = "
              f"{state['methods'][rows[0]['method']]['config']['eps']:.4g} on {args.eval_examples} stratified test "
              f"examples, the same for every method; [Wilson 95% intervals].", "",
-             "| method | epochs (+FT) | train min | load avg | clean % | PGD-20 % | autoattack % | GAN-test % |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | epochs (+FT) | best epoch | G + sampling min | train min | total min | load avg | clean % | "
+             "PGD-20 % | autoattack % | GAN-test % | GAN-train % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gan = f"{100 * r['gan_test']:.1f}" if r["gan_test"] is not None else "–"
+        gan_train = f"{100 * r['gan_train']:.1f}" if r.get("gan_train") is not None else "–"
         note = " (early stop)" if r["early_stop"] else ""
         note += f" (co-training: {r['cotraining']}'s)" if r.get("cotraining") else ""
         epochs = f"{r['epochs']}" + (f" of {r['planned_epochs']}" if r["epochs"] < r["planned_epochs"] else "")
-        lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['train_minutes']} | "
+        total = round(r["train_minutes"] + r["generator_minutes"], 1)
+        lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['best_epoch'] or '–'} | "
+                     f"{r['generator_minutes'] or '–'} | {r['train_minutes']} | {total} | "
                      f"{r['load_average']['mean']} | {pct(r['clean'], r['clean_ci95'])} | "
                      f"{pct(r['pgd20'], r['pgd20_ci95'])} | "
-                     f"{pct(r['autoattack'], r['autoattack_ci95'])} | {gan} |")
+                     f"{pct(r['autoattack'], r['autoattack_ci95'])} | {gan} | {gan_train} |")
     if paired:
-        tests = ", ".join(f"{k.split('_vs_')[0]} p = {p:.3g}" for k, p in paired.items())
-        lines += ["", f"Rob-GAN vs PGD-AT under autoattack, exact McNemar test on the same examples: {tests}."]
+        tests = ", ".join(f"{k.replace('_mcnemar_p', '').replace('_vs_', ' vs ')}: p = {p:.3g}"
+                          for k, p in paired.items())
+        lines += ["", f"Exact McNemar tests under autoattack on the same examples: {tests}."]
+    lines += generator_lines(state, out)
     if any(r.get("cotraining") for r in rows):
         lines += ["", "A variant with a co-training owner differs from it in fine-tuning only: it starts from "
                       "that run's end of co-training, counts that run's training time up to there as its own, "
                       "and its load average covers its fine-tuning."]
-    lines.append(f"<!-- /study:{args.dataset} -->")
+    lines.append(f"<!-- /study:{name} -->")
     section = "\n".join(lines)
     for r in rows:
         r.pop("_robust")
@@ -352,14 +432,14 @@ def write_outputs(rows, state, out, args):
         json.dump({"rows": rows, "paired": paired, "state": state}, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(section + "\n")
-    study_bars(rows, os.path.join(out, "study.png"), title=f"{args.dataset}, {args.budget_minutes:g} min each")
+    study_bars(rows, os.path.join(out, "study.png"), title=f"{name}, {args.budget_minutes:g} min each")
     if os.path.exists(args.benchmarks):
         text = open(args.benchmarks).read()
-        start, end = f"<!-- study:{args.dataset} -->", f"<!-- /study:{args.dataset} -->"
+        start, end = f"<!-- study:{name} -->", f"<!-- /study:{name} -->"
         if start in text and end in text:
             text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
         else:
-            text = text.rstrip() + f"\n\n## Study: {args.dataset}\n\n" + section + "\n"
+            text = text.rstrip() + f"\n\n## Study: {name}\n\n" + section + "\n"
         with open(args.benchmarks, "w") as f:
             f.write(text)
     print(section)

@@ -10,7 +10,7 @@ import numpy as np
 from robgan_tf import data, evaluation, models, rundir
 from robgan_tf.config import AttackSettings
 from robgan_tf.quality import COLUMNS, collapse_warning
-from robgan_tf.plots import sample_grid
+from robgan_tf.plots import sample_grid, training_curves
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,12 +66,15 @@ class StepCheckpoint(keras.callbacks.Callback):
 class EpochReport(keras.callbacks.Callback):
     """At each epoch end: one row of metrics.csv and, when there is a `quality` scorer, a sample
     grid and generator quality (`quality(generator)`, with a loud collapse warning), which also
-    go to the epoch logs. The row holds every metric the stage declares (`columns` must have them)."""
+    go to the epoch logs, every `score_every` epochs and at the last. The row holds every metric
+    the stage declares (`columns` must have them)."""
 
-    def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names, columns):
+    def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names, columns, score_every=1,
+                 stage_epochs=None):
         super().__init__()
         self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
         self.generator, self.quality, self.class_names, self.columns = generator, quality, class_names, columns
+        self.score_every, self.stage_epochs = score_every, stage_epochs
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.time()
@@ -80,7 +83,7 @@ class EpochReport(keras.callbacks.Callback):
         number = self.epoch_offset + epoch + 1
         logs = logs if logs is not None else {}
         row = {k: float(np.asarray(v)) for k, v in logs.items()}  # the stage's metrics: all of them
-        if self.quality is not None:
+        if self.quality is not None and (number % self.score_every == 0 or epoch + 1 == self.stage_epochs):
             sample_grid(self.generator, self.class_names,
                         os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
                         title=f"{self.stage} epoch {number}")
@@ -94,6 +97,52 @@ class EpochReport(keras.callbacks.Callback):
             row.update({k: quality[k] for k in COLUMNS})
         row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1))
         rundir.write_metrics_row(self.out_dir, row, self.columns)
+        if "val_pgd10_acc" in row:  # robust overfitting, made visible
+            training_curves(rundir.read_metrics_rows(self.out_dir), os.path.join(self.out_dir, rundir.CURVES))
+
+
+class _RobustAccuracy:
+    """Clean and PGD-10 accuracy of `model`'s current weights on fixed examples, attacked in
+    float32 as in evaluation (float16 input gradients underflow)."""
+
+    def __init__(self, model, x, y, eps, seed):
+        self.model, self.eps, self.seed = model, eps, seed
+        self.x, self.y = data.to_float(x).numpy(), np.asarray(y, np.int32)
+        self.attacked = self.evaluator = None
+
+    def __call__(self):
+        if self.evaluator is None:  # built at the first check: it traces the attack once
+            self.attacked = models.float32_copy(self.model)
+            self.evaluator = evaluation.Evaluator(evaluation.inference_fn(self.attacked),
+                                                  AttackSettings(seed=self.seed), verbose=False)
+        if self.attacked is not self.model:
+            self.attacked.set_weights(self.model.get_weights())
+        correct = self.evaluator.predict(self.x) == self.y
+        robust = self.evaluator.run(evaluation.PGD(10), self.x, self.y, self.eps, correct)[0]
+        return float(correct.mean()), float(robust.mean())
+
+
+class ValidationCheck(keras.callbacks.Callback):
+    """At each epoch end, before the row and the checkpoint: clean and PGD-10 accuracy of the
+    kept classifier (`prepare()` first sets its weights, e.g. to their average) on the validation
+    split, which no step trains on, into the epoch's logs (so metrics.csv and TensorBoard); the
+    best epoch by PGD-10 accuracy is saved as classifier_best.keras with best.json."""
+
+    def __init__(self, kept, prepare, x, y, eps, out_dir, stage, epoch_offset, seed=0):
+        super().__init__()
+        self.kept, self.prepare, self.check = kept, prepare, _RobustAccuracy(kept, x, y, eps, seed)
+        self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.prepare()
+        clean, robust = self.check()
+        if logs is not None:
+            logs.update(val_clean_acc=clean, val_pgd10_acc=robust)
+        best = rundir.read_best(self.out_dir)
+        if best is None or robust > best["val_pgd10_acc"]:
+            rundir.save_model(self.kept, self.out_dir, rundir.BEST_CLASSIFIER)
+            rundir.write_best(self.out_dir, {"epoch": self.epoch_offset + epoch + 1, "stage": self.stage,
+                                             "val_pgd10_acc": robust, "val_clean_acc": clean})
 
 
 class OverfitGuard(keras.callbacks.Callback):
@@ -104,10 +153,8 @@ class OverfitGuard(keras.callbacks.Callback):
 
     def __init__(self, x, y, eps, seed=0, every=50, record=None):
         super().__init__()
-        self.record = record
-        self.x, self.y = data.to_float(x).numpy(), np.asarray(y, np.int32)
-        self.eps, self.every, self.seed = eps, every, seed
-        self.best, self.good_weights, self.fired, self.evaluator, self.attacked = 0.0, None, None, None, None
+        self.record, self.x, self.y, self.eps, self.every, self.seed = record, x, y, eps, every, seed
+        self.best, self.good_weights, self.fired, self.check = 0.0, None, None, None
         self.steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -117,14 +164,9 @@ class OverfitGuard(keras.callbacks.Callback):
         if float(self.model.current_eps(self.model.steps_done - 1)) < self.eps:
             return
         weights = self.model.classifier.get_weights()
-        if self.evaluator is None:  # attacked in float32, as in evaluation: float16 input gradients underflow
-            self.attacked = models.float32_copy(self.model.classifier)
-            self.evaluator = evaluation.Evaluator(evaluation.inference_fn(self.attacked),
-                                                  AttackSettings(seed=self.seed), verbose=False)
-        if self.attacked is not self.model.classifier:
-            self.attacked.set_weights(weights)
-        correct = self.evaluator.predict(self.x) == self.y
-        robust = self.evaluator.run(evaluation.PGD(10), self.x, self.y, self.eps, correct)[0].mean()
+        if self.check is None:
+            self.check = _RobustAccuracy(self.model.classifier, self.x, self.y, self.eps, self.seed)
+        robust = self.check()[1]
         if self.best >= 0.2 and robust < 0.5 * self.best:
             self.fired = {"step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
                           "best": float(self.best)}

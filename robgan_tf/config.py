@@ -88,9 +88,23 @@ class Config:
     generator: str | None = setting(None, "a frozen generator.keras (from a Rob-GAN run) for --gen-ratio")
     # TRADES
     beta: float = setting(6.0, "TRADES: weight of the KL term", NON_NEGATIVE)
+    # generated data from disk (sample.py), weight averaging, model selection
+    synthetic: str | None = setting(None, "a .npz of generated images (sample.py) mixed into every batch of "
+                                          "pgd-at, trades and Rob-GAN's fine-tuning")
+    synthetic_fraction: float = setting(0.7, "with --synthetic: fraction of each batch taken from it", FRACTION)
+    synthetic_smoothing: float = setting(0.1, "with --synthetic: label smoothing on the generated images' labels",
+                                         FRACTION)
+    ema_decay: float = setting(0.0, "decay of an exponential moving average of the classifier's weights, with "
+                                    "warm-up min(decay, (1+t)/(10+t)); the average is what is validated, "
+                                    "evaluated, saved and exported (0: off; Gowal et al. 2021: 0.995)", FRACTION)
+    val_examples: int = setting(0, "training images held out as a validation split: PGD-10 accuracy on them "
+                                   "every epoch, and the best epoch's classifier is the one kept (0: off)",
+                                NON_NEGATIVE)
     # the run
     eval_examples: int = setting(1000, "stratified test images for the final clean/PGD-20 evaluation", AT_LEAST_1)
     seed: int = setting(0, "random seed", NON_NEGATIVE)
+    score_every: int = setting(1, "draw and score G (GAN-test, GAN-train, diversity) every N epochs and at the "
+                                   "last (short epochs of a small training set: raise it)", AT_LEAST_1)
     checkpoint_every: int = setting(200, "checkpoint every N steps (and at every epoch end)", NON_NEGATIVE)
     distribute: str = setting("none", "none; mirrored: MirroredStrategy over all local GPUs; multiworker: "
                                       "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG",

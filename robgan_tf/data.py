@@ -178,6 +178,65 @@ class TrainData:
         return (_augment(images, seed) if self.augment else images), tf.gather(self.y, indices)
 
 
+class MixedTrainData:
+    """Training batches of which a fraction comes from a set of generated images (Gowal et al.
+    2021: 70%): per step, `real_batch` real images (an epoch is one pass over them, as in
+    TrainData) and `batch_size - real_batch` generated ones, drawn afresh each epoch from (seed,
+    epoch). Yields (images, labels, smoothing): the label smoothing of each image, `smoothing`
+    for the generated ones and 0 for the real ones. Only the real images are augmented."""
+
+    def __init__(self, x, y, synthetic, batch_size, fraction, smoothing=0.0, augment=False, seed=0):
+        self.fake_batch = int(round(fraction * batch_size))
+        if not 0 < self.fake_batch < batch_size:
+            raise DataError(f"--synthetic-fraction {fraction} leaves no real or no generated image in a batch "
+                            f"of {batch_size}")
+        self.real_batch, self.smoothing, self.seed = batch_size - self.fake_batch, float(smoothing), seed
+        self.real = TrainData(x, y, self.real_batch, augment, seed)
+        self.x_fake, self.y_fake = tf.constant(synthetic[0]), tf.constant(synthetic[1].astype(np.int32))
+        self.steps = self.real.steps
+
+    def epochs(self, first, last, skip=0):
+        n = len(self.y_fake)
+        picks = np.concatenate([np.random.default_rng([self.seed, 7, epoch]).integers(0, n, (
+            self.steps, self.fake_batch)) for epoch in range(first, last)])[skip:].astype(np.int32)
+        fake = tf.data.Dataset.from_tensor_slices(picks).map(
+            lambda i: (to_float(tf.gather(self.x_fake, i)), tf.gather(self.y_fake, i)))
+        real = self.real.epochs(first, last, skip)
+        return tf.data.Dataset.zip(real, fake).map(self._join).prefetch(tf.data.AUTOTUNE)
+
+    def _join(self, real, fake):
+        smoothing = tf.concat([tf.zeros([self.real_batch]), tf.fill([self.fake_batch], self.smoothing)], 0)
+        return tf.concat([real[0], fake[0]], 0), tf.concat([real[1], fake[1]], 0), smoothing
+
+
+def load_synthetic(path, dataset):
+    """A generated data set (sample.py's .npz: x uint8 NHWC, y labels) checked against `dataset`."""
+    if not os.path.isfile(path):
+        raise DataError(f"--synthetic {path}: no such file (make one with sample.py)")
+    try:
+        with np.load(path) as f:
+            x, y = f["x"], f["y"]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise DataError(f"--synthetic {path} is not a readable .npz with arrays 'x' and 'y': {e}") from None
+    x, y = _check_arrays(os.path.basename(path), "synthetic", x, y)
+    if x.shape[1:] != dataset.image_shape or y.max() >= dataset.num_classes:
+        raise DataError(f"--synthetic {path} holds {x.shape[1:]} images of {int(y.max()) + 1} classes, not "
+                        f"{dataset.name}'s {dataset.image_shape} images of {dataset.num_classes} classes")
+    return x, y
+
+
+def split_validation(x, y, n, seed=0):
+    """(x_val, y_val), (x_rest, y_rest): a stratified validation split of n images and the rest."""
+    if not n:
+        return (x[:0], y[:0]), (x, y)
+    rng = np.random.default_rng([seed, 11])
+    classes = np.unique(y)
+    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    taken = np.concatenate([idx[:n // len(classes) + (i < n % len(classes))] for i, idx in enumerate(per_class)])
+    rest = np.setdiff1d(np.arange(len(y)), taken)
+    return (x[taken], y[taken]), (x[rest], y[rest])
+
+
 def _augment(images, seed):
     """Per image: random crop after 4-pixel reflection padding, random horizontal flip (stateless)."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))

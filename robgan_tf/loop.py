@@ -15,10 +15,12 @@ class StageRunner:
     epoch first finishes on its own, on the very batches it had left."""
 
     def __init__(self, strategy, progress, manager, save_models, class_names, out_dir, checkpoint_every,
-                 columns, verbose):
+                 columns, verbose, validation=None, score_every=1):
         self.strategy, self.progress, self.manager, self.save_models = strategy, progress, manager, save_models
         self.class_names, self.out_dir, self.columns = class_names, out_dir, columns
         self.checkpoint_every, self.verbose = checkpoint_every, verbose
+        self.validation = validation  # ValidationCheck(stage, epoch_offset), or None
+        self.score_every = score_every
 
     def run(self, model, train_data, stage, epochs, epoch_offset, quality, extra_callbacks=()):
         """Trains `model` (a compiled train-step model) on `train_data` up to `epochs` epochs of
@@ -26,15 +28,16 @@ class StageRunner:
         grid are written before its checkpoint, so a kill between them redoes the epoch's report."""
         guard = NonFiniteGuard([k for k in LOSSES if k in model.metric_names], self.out_dir)
         report = EpochReport(self.out_dir, stage, epoch_offset, model.generator, quality, self.class_names,
-                             self.columns)
+                             self.columns, self.score_every, epochs)
         board = keras.callbacks.TensorBoard(os.path.join(self.out_dir, rundir.LOGS, stage))
+        validate = [self.validation(stage, epoch_offset)] if self.validation else []  # its numbers go in the row
         steps = train_data.steps
 
         def fit(first, last, skip=0):
             ckpt = StepCheckpoint(self.manager, self.progress, self.checkpoint_every, steps, self.save_models,
                                   batch_offset=skip)
             distribute.fit(self.strategy, model, train_data.epochs(first, last, skip), first, last, steps - skip,
-                           [guard, report, ckpt, board, *extra_callbacks], self.verbose)
+                           [*validate, guard, report, ckpt, board, *extra_callbacks], self.verbose)
 
         epoch, done = int(self.progress.epoch.numpy()), int(self.progress.batch.numpy())
         if done and epoch < epochs:

@@ -10,9 +10,14 @@ D_rf the real/fake logit and D_cls the class logits of the discriminator, f the 
 import tensorflow as tf
 
 
-def cross_entropy(labels, logits):
-    """CE(f(x), y) = -log softmax(f(x))_y."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+def cross_entropy(labels, logits, smoothing=0.0):
+    """CE(f(x), y) = -Σ_k t_k·log softmax(f(x))_k, with t = (1 - s)·onehot(y) + s/K for label
+    smoothing s (per example or one for all; s = 0 gives -log softmax(f(x))_y)."""
+    logits = tf.cast(logits, tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    if isinstance(smoothing, (int, float)) and smoothing == 0:
+        return ce
+    return (1.0 - smoothing) * ce - smoothing * tf.reduce_mean(tf.nn.log_softmax(logits), -1)
 
 
 def binary_cross_entropy(target, logits):
@@ -44,19 +49,19 @@ def robgan_generator_loss(fake_labels, fake_cls, fake_rf):
     return binary_cross_entropy(1.0, fake_rf) + cross_entropy(fake_labels, fake_cls)
 
 
-def finetune_loss(labels, real_logits, fake_labels, fake_logits, lam):
+def finetune_loss(labels, real_logits, fake_labels, fake_logits, lam, smoothing=0.0):
     """Rob-GAN's fine-tuning loss ("Rob-GAN w/ FT", Liu & Hsieh 2019, sec. 4.3), G frozen:
 
         L = CE(f(x'), y) + λ·CE(f(G(z, y~)'), y~)
 
-    with G(z, y~)' the PGD-attacked generated image."""
-    return cross_entropy(labels, real_logits) + lam * cross_entropy(fake_labels, fake_logits)
+    with G(z, y~)' the PGD-attacked generated image (label smoothing s on the first term)."""
+    return cross_entropy(labels, real_logits, smoothing) + lam * cross_entropy(fake_labels, fake_logits)
 
 
-def trades_loss(labels, clean_logits, adv_logits, beta):
+def trades_loss(labels, clean_logits, adv_logits, beta, smoothing=0.0):
     """TRADES (Zhang et al., ICML 2019, eq. 5):
 
         L = CE(f(x), y) + β·KL(f(x) || f(x'))
 
-    with x' maximising the KL term in the eps-ball."""
-    return cross_entropy(labels, clean_logits) + beta * kl_divergence(clean_logits, adv_logits)
+    with x' maximising the KL term in the eps-ball (label smoothing s on the CE term)."""
+    return cross_entropy(labels, clean_logits, smoothing) + beta * kl_divergence(clean_logits, adv_logits)

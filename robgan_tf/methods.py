@@ -16,16 +16,26 @@ from robgan_tf import config as cfg
 from robgan_tf import distribute, quality, rundir
 from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.schedules import CyclicLR
-from robgan_tf.training import TRADES, AdversarialTraining, FineTuner, RobGAN
+from robgan_tf.training import TRADES, AdversarialTraining, ConditionalGAN, FineTuner, RobGAN
 
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
-    """The models of a run, built once: G (None when a method has none), D and its classifier."""
+    """The models of a run, built once: G (None when a method has none), D and its classifier;
+    with --ema-decay, the classifier's weight average and `kept`, the model it is copied into
+    (else `kept` is the classifier): what is validated, evaluated, saved and exported."""
 
     generator: keras.Model | None
     discriminator: keras.Model
     classifier: keras.Model
+    average: object = None
+    kept: keras.Model | None = None
+
+    def keep(self):
+        """Puts the weights to keep into `kept` (the average, if there is one) and returns it."""
+        if self.average is not None:
+            self.average.copy_to(self.kept)
+        return self.kept or self.classifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +53,8 @@ class Stage:
     """One stage of a method: its name (in metrics.csv, logs/ and the progress bar), its
     train-step class and how to build and compile it, its epochs, the batches each step takes,
     whether eps warms up, what it does with G ("trained": scored and drawn every epoch;
-    "frozen": scores kept from before) and its extra callbacks."""
+    "frozen": scores kept from before), whether its batches take --synthetic images and its
+    extra callbacks."""
 
     name: str
     step_class: type
@@ -52,6 +63,7 @@ class Stage:
     batches_per_step: Callable[[cfg.Config], int] = lambda config: 1
     warms_up: bool = True
     generator: str | None = None
+    synthetic: bool = False
     callbacks: Callable[[StageContext], list] = lambda context: []
 
     def model(self, parts, optimizers, config, eps_warmup_steps=0):
@@ -111,21 +123,25 @@ def _compile(model, config, **optimizers):
 def _cotrain(step_class, parts, optimizers, config, warmup):
     model = step_class(parts.generator, parts.discriminator, parts.classifier,
                        fake_class_weight=config.fake_class_weight, n_dis=config.n_dis,
-                       real_rf_input=config.real_rf_input, **attack_settings(config, warmup))
+                       real_rf_input=config.real_rf_input, average=parts.average, **attack_settings(config, warmup))
     return _compile(model, config, d_optimizer=optimizers["d_optimizer"], g_optimizer=optimizers["g_optimizer"])
 
 
 def _finetune(step_class, parts, optimizers, config, warmup):
     model = step_class(parts.generator, parts.classifier, lam=config.lam, gen_ratio=config.gen_ratio,
-                       **attack_settings(config, warmup))
+                       average=parts.average, **attack_settings(config, warmup))
     return _compile(model, config, optimizer=optimizers["ft_optimizer"])
+
+
+def _gan_optimizers(config, parts, steps):
+    return dict(d_optimizer=adam(config, config.d_lr, parts.discriminator.trainable_variables),
+                g_optimizer=adam(config, config.g_lr, parts.generator.trainable_variables))
 
 
 def _robgan_optimizers(config, parts, steps):
     # fine-tuning anneals its learning rate to 0 (cosine) over the whole stage
     finetune_lr = keras.optimizers.schedules.CosineDecay(config.finetune_lr, max(1, steps["finetune"]))
-    return dict(d_optimizer=adam(config, config.d_lr, parts.discriminator.trainable_variables),
-                g_optimizer=adam(config, config.g_lr, parts.generator.trainable_variables),
+    return dict(**_gan_optimizers(config, parts, steps),
                 ft_optimizer=adam(config, finetune_lr, parts.classifier.trainable_variables))
 
 
@@ -135,6 +151,12 @@ _NOT_TRADES = {"beta": "it is TRADES' weight"}
 def _robgan_check(config):
     if config.generator:
         raise cfg.ConfigError("--generator is for the baselines' --gen-ratio; Rob-GAN mixes in its own generator")
+    _synthetic_check(config)
+
+
+def _synthetic_check(config):
+    if config.synthetic and config.gen_ratio:
+        raise cfg.ConfigError("--synthetic and --gen-ratio both mix generated images in: use one")
 
 
 ROBGAN = Method(
@@ -144,11 +166,31 @@ ROBGAN = Method(
     stages=(Stage("cotrain", RobGAN, _cotrain, epochs=lambda c: c.epochs, batches_per_step=lambda c: c.n_dis,
                   generator="trained"),
             Stage("finetune", FineTuner, _finetune, epochs=lambda c: c.finetune_epochs, warms_up=False,
-                  generator="frozen")),
+                  generator="frozen", synthetic=True)),
     optimizers=_robgan_optimizers,
     trains_generator=True,
     unused=_NOT_TRADES,
     check=_robgan_check,
+)
+
+
+# A plain conditional GAN: Rob-GAN's co-training with no attack, the control for generated data.
+
+_NO_ATTACK = {name: "a plain conditional GAN attacks no image in training" for name in
+              ("pgd_steps", "pgd_step_size", "eps_warmup_epochs", "real_rf_input")}
+_NO_FINETUNING = {name: "a plain conditional GAN has no fine-tuning" for name in
+                  ("lam", "finetune_lr", "finetune_epochs", "gen_ratio", "generator", "synthetic")}
+
+CGAN = Method(
+    name="cgan",
+    summary="a plain conditional GAN with Rob-GAN's G, D and losses, trained on clean images (the control "
+            "for Rob-GAN as a source of training data)",
+    stages=(Stage("cotrain", ConditionalGAN, _cotrain, epochs=lambda c: c.epochs, batches_per_step=lambda c: c.n_dis,
+                  generator="trained"),),
+    optimizers=_gan_optimizers,
+    trains_generator=True,
+    fixed=lambda config: dict(finetune_epochs=0),
+    unused={**_NOT_TRADES, **_NO_ATTACK, **_NO_FINETUNING},
 )
 
 
@@ -157,7 +199,8 @@ ROBGAN = Method(
 def _classifier_stage(**extra):
     def build(step_class, parts, optimizers, config, warmup):
         settings = {**attack_settings(config, warmup), **{k: f(config) for k, f in extra.items()}}
-        model = step_class(parts.classifier, parts.generator, gen_ratio=config.gen_ratio, **settings)
+        model = step_class(parts.classifier, parts.generator, gen_ratio=config.gen_ratio, average=parts.average,
+                           **settings)
         return _compile(model, config, optimizer=optimizers["c_optimizer"])
     return build
 
@@ -172,6 +215,7 @@ def _classifier_optimizers(schedule):
 def _baseline_check(config):
     if config.gen_ratio and not config.generator:
         raise cfg.ConfigError(f"--gen-ratio with --method {config.method} needs --generator <generator.keras>")
+    _synthetic_check(config)
 
 
 _GAN_ONLY = {name: "it sets Rob-GAN's generator, discriminator or fine-tuning; a baseline trains a classifier "
@@ -185,7 +229,7 @@ def _baseline(name, summary, step_class, schedule=keras.optimizers.schedules.Cos
     """A classifier trained alone: one "train" stage of `step_class` (with `extra` settings from
     the config), Adam under `schedule`, the GAN-only settings fixed or refused."""
     stage = Stage("train", step_class, _classifier_stage(**(extra or {})), epochs=lambda c: c.epochs,
-                  callbacks=callbacks or (lambda context: []))
+                  synthetic=True, callbacks=callbacks or (lambda context: []))
     return Method(name=name, summary=summary, stages=(stage,), optimizers=_classifier_optimizers(schedule),
                   fixed=lambda config: {**_BASELINE_FIXED, **(fixed(config) if fixed else {})},
                   unused={**_GAN_ONLY, **(unused or {})}, check=_baseline_check, **kwargs)
@@ -200,6 +244,7 @@ def _overfit_guard(context):
 
 METHODS = {m.name: m for m in (
     ROBGAN,
+    CGAN,
     _baseline("pgd-at", "PGD adversarial training (Madry et al. 2018)", AdversarialTraining, unused=_NOT_TRADES),
     _baseline("fgsm-rs", "FGSM with a random start (Wong et al. 2020): one step of 1.25 eps, cyclic learning "
                          "rate, catastrophic-overfitting guard on a held-out batch", AdversarialTraining,

@@ -74,3 +74,27 @@ def adversarial_examples(x, x_adv, y, clean_pred, adv_pred, class_names, path, n
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def training_curves(rows, path):
+    """Per epoch: the training batches' attacked accuracy against clean and PGD-10 accuracy on the
+    validation split (rows of metrics.csv); a gap that widens while validation falls is robust
+    overfitting (Rice et al. 2020). The best validation epoch is marked."""
+    rows = [r for r in rows if r.get("val_pgd10_acc")]
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("adv_acc", "training batches, attacked"), ("val_clean_acc", "validation, clean"),
+                       ("val_pgd10_acc", "validation, PGD-10")):
+        values = [float(r[key]) if r.get(key) else np.nan for r in rows]
+        ax.plot(epochs, values, marker="." if len(rows) < 40 else None, label=label)
+    if rows:
+        best = max(rows, key=lambda r: float(r["val_pgd10_acc"]))
+        ax.axvline(int(best["epoch"]), color="grey", linestyle=":", label=f"best epoch ({best['epoch']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

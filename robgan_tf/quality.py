@@ -1,9 +1,11 @@
 """Generator quality: is G's output recognisable and diverse, or has it collapsed?
 
-Two numbers: GAN-test accuracy (a plain classifier trained on the real training set labels G's
-class-conditional samples) and the per-class sample diversity relative to real images (mean
-pairwise L2 distance within a class). A collapsed generator scores near chance on the first
-and near 0 on the second.
+Three numbers: GAN-test accuracy (a plain classifier trained on the real training set labels G's
+class-conditional samples: are they recognisable?), GAN-train accuracy (Shmelkov et al. 2018: the
+same plain classifier trained on G's samples alone, tested on real test images: do they cover
+what the real images teach?) and the per-class sample diversity relative to real images (mean
+pairwise L2 distance within a class). A collapsed generator scores near chance on the first two
+and near 0 on the last; a generator of one template per class passes GAN-test but fails GAN-train.
 """
 
 import keras
@@ -12,7 +14,7 @@ import numpy as np
 from robgan_tf import data
 from robgan_tf.evaluation import accuracy
 
-COLUMNS = ("gan_test_accuracy", "sample_diversity", "min_class_diversity")  # what metrics.csv keeps per epoch
+COLUMNS = ("gan_test_accuracy", "gan_train_accuracy", "sample_diversity", "min_class_diversity")  # in metrics.csv
 COLLAPSE_GAN_TEST = 0.5
 COLLAPSE_DIVERSITY = 0.3
 
@@ -31,12 +33,18 @@ def build_reference_classifier(image_shape, num_classes):
 def train_reference_classifier(dataset, epochs=2, limit=20_000, seed=0, verbose="auto"):
     """Trains the GAN-test classifier briefly on real training images (its accuracy on real test
     images is `GeneratorQuality.reference_accuracy`)."""
+    x, y = data.subset(dataset.x_train, dataset.y_train, limit, seed)
+    return fit_reference_classifier(x, y, dataset.num_classes, epochs * (len(y) // 128), seed, verbose)
+
+
+def fit_reference_classifier(x, y, num_classes, steps, seed=0, verbose="auto"):
+    """The reference CNN trained for `steps` batches of 128 on images x (uint8 or [0, 1] floats)."""
     keras.utils.set_random_seed(seed)
-    model = build_reference_classifier(dataset.image_shape, dataset.num_classes)
+    model = build_reference_classifier(x.shape[1:], num_classes)
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = data.subset(dataset.x_train, dataset.y_train, limit, seed)
-    batches = data.TrainData(x, y, 128, seed=seed)
+    batches = data.TrainData(x, y, min(128, len(y)), seed=seed)
+    epochs = -(-steps // batches.steps)
     model.fit(batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps, verbose=verbose)
     return model
 
@@ -66,24 +74,37 @@ def per_class_diversity(images, labels):
 
 
 class GeneratorQuality:
-    """Scores a generator against real data: GAN-test accuracy and relative sample diversity."""
+    """Scores a generator against real data: GAN-test accuracy, GAN-train accuracy and relative
+    sample diversity. GAN-train's CNN learns from as many samples as the run has real training
+    images (`train_images`, at most `gan_train_limit`) for `gan_train_steps` batches; the same CNN
+    learnt from the real images alone gives `gan_train_real_accuracy`, the bar to compare with."""
 
-    def __init__(self, dataset, reference_classifier, per_class=100, seed=0):
+    def __init__(self, dataset, reference_classifier, per_class=100, seed=0, train_images=None,
+                 gan_train_limit=2000, gan_train_steps=200):
         self.reference = reference_classifier
         self.labels = np.repeat(np.arange(dataset.num_classes), per_class)
-        self.seed = seed
+        self.seed, self.num_classes, self.gan_train_steps = seed, dataset.num_classes, gan_train_steps
         x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
         self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
-        self.reference_accuracy = accuracy(reference_classifier,
-                                           *data.subset(dataset.x_test, dataset.y_test, 2000, seed))
+        self.test = data.subset(dataset.x_test, dataset.y_test, 2000, seed)
+        self.reference_accuracy = accuracy(reference_classifier, *self.test)
+        x_real, y_real = data.subset(*(train_images or (dataset.x_train, dataset.y_train)), gan_train_limit, seed)
+        self.train_labels = np.sort(y_real)  # G is asked for the real images' classes, in their numbers
+        self.real_train_accuracy = accuracy(self._fit(x_real, y_real), *self.test)
+
+    def _fit(self, x, y):
+        return fit_reference_classifier(x, y, self.num_classes, self.gan_train_steps, self.seed, verbose=0)
 
     def __call__(self, generator):
         samples = generate(generator, self.labels, self.seed)
         gan_test = accuracy(self.reference, samples, self.labels)
+        gan_train = accuracy(self._fit(generate(generator, self.train_labels, self.seed + 1), self.train_labels),
+                             *self.test)
         ratio = per_class_diversity(samples, self.labels) / np.maximum(self.real_diversity, 1e-12)
-        return {"gan_test_accuracy": gan_test, "sample_diversity": float(ratio.mean()),
+        return {"gan_test_accuracy": gan_test, "gan_train_accuracy": gan_train, "sample_diversity": float(ratio.mean()),
                 "min_class_diversity": float(ratio.min()), "least_diverse_class": int(ratio.argmin()),
-                "gan_test_reference_accuracy": self.reference_accuracy}
+                "gan_test_reference_accuracy": self.reference_accuracy,
+                "gan_train_real_accuracy": self.real_train_accuracy}
 
 
 def collapse_warning(quality):

@@ -2,8 +2,9 @@
 
 A run directory holds `config.json`, the `.keras` models, `samples/epoch_NNN.png`,
 `metrics.csv` (one row per epoch; columns: the method's, `Method.metric_columns`), `metrics.json`,
-TensorBoard `logs/`, the step-based training checkpoint `ckpt/`, and, when FGSM-RS's guard
-stopped it, `early_stop.json`.
+TensorBoard `logs/`, the step-based training checkpoint `ckpt/`; when FGSM-RS's guard stopped it,
+`early_stop.json`; with a validation split, `best.json`, `classifier_best.keras`,
+`classifier_last.keras` and `curves.png`.
 """
 
 import contextlib
@@ -21,6 +22,10 @@ CONFIG = "config.json"
 GENERATOR = "generator.keras"
 DISCRIMINATOR = "discriminator.keras"
 CLASSIFIER = "classifier.keras"
+BEST_CLASSIFIER = "classifier_best.keras"  # the best epoch's on the validation split (best.json says which)
+LAST_CLASSIFIER = "classifier_last.keras"  # the last epoch's, when classifier.keras is the best one
+BEST = "best.json"
+CURVES = "curves.png"
 REFERENCE_CLASSIFIER = "gan_test_classifier.keras"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
@@ -110,7 +115,20 @@ def write_early_stop(out_dir, fired):
 
 def read_early_stop(out_dir):
     """The recorded early stop, or None."""
-    path = os.path.join(out_dir, EARLY_STOP)
+    return _read_json_if_any(os.path.join(out_dir, EARLY_STOP))
+
+
+def write_best(out_dir, best):
+    """Records the best epoch on the validation split (its number, stage and accuracies)."""
+    _write_json(os.path.join(out_dir, BEST), best)
+
+
+def read_best(out_dir):
+    """The recorded best epoch, or None."""
+    return _read_json_if_any(os.path.join(out_dir, BEST))
+
+
+def _read_json_if_any(path):
     if not os.path.exists(path):
         return None
     with open(path) as f:

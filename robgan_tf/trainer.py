@@ -5,6 +5,7 @@ Resumable: the checkpoint records the stage, epoch and batch, so rerunning the s
 after an interruption continues where the last checkpoint left off.
 """
 
+import functools
 import os
 import time
 
@@ -12,8 +13,13 @@ import keras
 
 from robgan_tf import data, distribute, evaluation, methods, models, quality, rundir
 from robgan_tf.attacks import default_step_size
+from robgan_tf.averaging import WeightAverage
+from robgan_tf.callbacks import ValidationCheck
 from robgan_tf.config import AttackSettings
 from robgan_tf.loop import StageRunner
+
+
+VALIDATION_COLUMNS = ("val_clean_acc", "val_pgd10_acc")  # metrics.csv's, with a validation split
 
 
 def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage=None):
@@ -24,9 +30,11 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     if overwrite and config.distribute == "multiworker":  # the chief's rmtree would race the workers
         raise rundir.RunDirError("--overwrite with --distribute multiworker: remove the run directory first")
     strategy = distribute.make_strategy(config.distribute)  # first: multi-worker needs it before other TF ops
-    x, y = data.subset(dataset.x_train, dataset.y_train, config.train_limit, config.seed)
+    validation, (x, y) = data.split_validation(dataset.x_train, dataset.y_train, config.val_examples, config.seed)
+    x, y = data.subset(x, y, config.train_limit, config.seed)
     n_out = method.held_out(config)  # e.g. FGSM-RS's batch for its catastrophic-overfitting check
     held_out, x, y = ((x[:n_out], y[:n_out]) if n_out else None), x[n_out:], y[n_out:]
+    synthetic = data.load_synthetic(config.synthetic, dataset) if config.synthetic else None
     stage_data = []
     for stage in method.stages:
         batch = config.batch_size * stage.batches_per_step(config)
@@ -34,7 +42,11 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
             raise data.DataError(f"{len(y)} training images cannot fill one step of {batch} images (--batch-size "
                                  f"{config.batch_size} x {batch // config.batch_size} batches per step); lower "
                                  f"--batch-size or raise --train-limit")
-        stage_data.append(data.TrainData(x, y, batch, config.augment, config.seed))
+        if synthetic is not None and stage.synthetic:
+            stage_data.append(data.MixedTrainData(x, y, synthetic, batch, config.synthetic_fraction,
+                                                  config.synthetic_smoothing, config.augment, config.seed))
+        else:
+            stage_data.append(data.TrainData(x, y, batch, config.augment, config.seed))
     own_dir = distribute.worker_dir(strategy, out_dir)
     rundir.prepare(own_dir, config, dataset.class_names, overwrite, normalise=methods.normalise)
     keras.utils.set_random_seed(config.seed)
@@ -44,11 +56,12 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
         optimizers = method.optimizers(config, parts, steps)
     progress = rundir.Progress()
     trained = {"discriminator": parts.discriminator, **({"generator": parts.generator}
-                                                        if method.trains_generator else {})}
+                                                        if method.trains_generator else {}),
+               **({"average": parts.average} if parts.average is not None else {})}
     manager = rundir.checkpoint_manager(own_dir, progress, restore_from=out_dir, **trained, **optimizers)
 
     def save_models():
-        named = [(parts.discriminator, rundir.DISCRIMINATOR), (parts.classifier, rundir.CLASSIFIER)]
+        named = [(parts.discriminator, rundir.DISCRIMINATOR), (parts.keep(), rundir.CLASSIFIER)]
         for model, name in named + ([(parts.generator, rundir.GENERATOR)] if parts.generator is not None else []):
             rundir.save_model(model, own_dir, name)
 
@@ -59,7 +72,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     scorer, scores = None, {}
     if parts.generator is not None:
         scorer = quality.GeneratorQuality(dataset, reference_classifier(dataset, own_dir, config.seed),
-                                          seed=config.seed)
+                                          seed=config.seed, train_images=(x, y))
         print(f"GAN-test reference classifier: {scorer.reference_accuracy:.3f} accuracy on real test images")
 
     def frozen_scores(_=None):
@@ -68,8 +81,11 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
             scores.update(scorer(parts.generator))
         return scores
 
+    columns = method.metric_columns() + (VALIDATION_COLUMNS if config.val_examples else ())
+    validate = (functools.partial(ValidationCheck, parts.kept or parts.classifier, parts.keep, *validation,
+                                  config.eps, own_dir, seed=config.seed) if config.val_examples else None)
     runner = StageRunner(strategy, progress, manager, save_models, dataset.class_names, own_dir,
-                         config.checkpoint_every, method.metric_columns(), verbose)
+                         config.checkpoint_every, columns, verbose, validate, config.score_every)
     started = time.time()
     while progress.stage_index < len(method.stages):
         index = progress.stage_index
@@ -90,10 +106,13 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
             after_stage(stage.name, manager)
 
     save_models()
-    metrics = final_metrics(parts.classifier, dataset, config, frozen_scores())
+    kept = keep_best(parts, own_dir)
+    metrics = final_metrics(kept, dataset, config, frozen_scores())
     early_stop = rundir.read_early_stop(own_dir)
+    best = rundir.read_best(own_dir)
     metrics.update(method=config.method, train_seconds_this_session=round(time.time() - started, 1),
-                   **({"early_stop": early_stop} if early_stop else {}))
+                   **({"early_stop": early_stop} if early_stop else {}), **({"best_epoch": best} if best else {}),
+                   weights="average" if parts.average is not None else "trained")
     rundir.write_metrics_json(own_dir, metrics)
     gan = (f", GAN-test accuracy {metrics['gan_test_accuracy']:.3f}, sample diversity "
            f"{metrics['sample_diversity']:.2f} of real" if scores else "")
@@ -107,17 +126,37 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
 
 def build_parts(config, dataset, method):
     """The models of a run, built once (inside the strategy's scope and dtype policy): D, its
-    classifier, and G (trained by the method, or a baseline's frozen --generator, or None)."""
+    classifier, G (trained by the method, or a baseline's frozen --generator, or None), and with
+    --ema-decay the classifier's weight average and a classifier of its own to hold it."""
     # Spectral norm is a GAN setting: a baseline's D has it on the real/fake head only (methods.py
     # fixes it), so that runs made before stay loadable.
-    discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config.width, config.depth,
-                                               config.spectral_norm)
-    classifier = models.classifier_from(discriminator)
+    def classifier():
+        discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config.width,
+                                                   config.depth, config.spectral_norm)
+        return discriminator, models.classifier_from(discriminator)
+
+    discriminator, trained = classifier()
     if method.trains_generator:
         generator = models.build_generator(dataset.image_shape, dataset.num_classes, config.g_width, config.z_dim)
     else:
         generator = frozen_generator(config.generator, dataset) if config.gen_ratio else None
-    return methods.Parts(generator, discriminator, classifier)
+    if not config.ema_decay:
+        return methods.Parts(generator, discriminator, trained)
+    return methods.Parts(generator, discriminator, trained, WeightAverage(trained, config.ema_decay), classifier()[1])
+
+
+def keep_best(parts, out_dir):
+    """At the end of training: the classifier to evaluate and export. With a validation split, the
+    best epoch's (classifier.keras; the last epoch's is kept as classifier_last.keras), else the last."""
+    kept, best = parts.keep(), rundir.read_best(out_dir)
+    if best is None:
+        return kept
+    rundir.save_model(kept, out_dir, rundir.LAST_CLASSIFIER)
+    kept.set_weights(keras.saving.load_model(os.path.join(out_dir, rundir.BEST_CLASSIFIER)).get_weights())
+    rundir.save_model(kept, out_dir, rundir.CLASSIFIER)
+    print(f"{rundir.CLASSIFIER} is epoch {best['epoch']}'s, the best on the validation split (PGD-10 accuracy "
+          f"{best['val_pgd10_acc']:.3f}); the last epoch's is {rundir.LAST_CLASSIFIER}")
+    return kept
 
 
 def frozen_generator(path, dataset):

@@ -27,9 +27,10 @@ class _AdversarialStage(keras.Model):
     metric_names = ()
 
     def __init__(self, classifier, generator=None, *, eps, pgd_steps, pgd_step_size=None,
-                 eps_warmup_steps=0, seed=0, attack_jit=False, attack_loss_scale=1.0, gen_ratio=0.0, **kwargs):
+                 eps_warmup_steps=0, seed=0, attack_jit=False, attack_loss_scale=1.0, gen_ratio=0.0, average=None,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.classifier, self.generator = classifier, generator
+        self.classifier, self.generator, self.average = classifier, generator, average
         if not 0.0 <= gen_ratio < 1.0:
             raise ValueError(f"gen_ratio must be in [0, 1), got {gen_ratio}")
         if gen_ratio and generator is None:
@@ -75,6 +76,12 @@ class _AdversarialStage(keras.Model):
         return self._attack(self._logits, x, y, eps, self.pgd_steps, self.step_size_ratio * eps, seed,
                             loss_scale=self.attack_loss_scale, **kwargs)
 
+    @staticmethod
+    def unpack(data):
+        """(images, labels, label smoothing per image, which only data.MixedTrainData's batches carry)."""
+        x, y, *smoothing = data
+        return x, y, (smoothing[0] if smoothing else 0.0)
+
     def sample_inputs(self, batch, seed_z, seed_y):
         z = tf.random.stateless_normal((batch, self.z_dim), seed_z)
         labels = tf.random.stateless_uniform((batch,), seed_y, 0, self.num_classes, dtype=tf.int32)
@@ -98,6 +105,11 @@ class _AdversarialStage(keras.Model):
     def apply(self, optimizer, tape, loss, variables):
         """One optimizer update of `variables` from the (scaled) loss recorded on `tape`."""
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    def update_average(self):
+        """One step of the classifier's weight average, when the run keeps one."""
+        if self.average is not None:
+            self.average.update()
 
     def record(self, **values):
         for name, value in values.items():
@@ -156,8 +168,9 @@ class RobGAN(_AdversarialStage):
             d_losses = losses.robgan_discriminator_loss(y, real["cls"], real_rf, y_fake, fake["cls"], fake["adv"],
                                                         self.fake_class_weight)
             d_loss = _mean_loss(self.d_optimizer, d_losses)
-        # Update D.
+        # Update D and the classifier's weight average.
         self.apply(self.d_optimizer, tape, d_loss, self.discriminator.trainable_variables)
+        self.update_average()
         rf_acc = 0.5 * (tf.cast(real_rf[:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
         self.record(d_loss=tf.reduce_mean(d_losses), adv_acc=_accuracy(y, real["cls"]),
                     fake_acc=_accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
@@ -172,6 +185,14 @@ class RobGAN(_AdversarialStage):
         # Update G.
         self.apply(self.g_optimizer, tape, g_loss, self.generator.trainable_variables)
         return tf.reduce_mean(g_losses)
+
+
+class ConditionalGAN(RobGAN):
+    """A plain conditional GAN: Rob-GAN's models, losses and schedule with the real images left
+    clean, the control that says whether PGD in co-training makes G a better source of data."""
+
+    def attack(self, x, y, eps, seed, **kwargs):
+        return x
 
 
 class FineTuner(_AdversarialStage):
@@ -190,7 +211,8 @@ class FineTuner(_AdversarialStage):
     def train_step(self, data):
         step = tf.convert_to_tensor(self.ft_optimizer.iterations)
         s_attack, s_fake_attack, s_z, s_y, s_mix_z, s_mix_y = self.seeds(step, 6)
-        x, y = self.mix_generated(*data, s_mix_z, s_mix_y)
+        x, y, smoothing = self.unpack(data)
+        x, y = self.mix_generated(x, y, s_mix_z, s_mix_y)
         eps = self.current_eps(step)
         # Attack real and generated images.
         z, y_fake = self.sample_inputs(tf.shape(x)[0], s_z, s_y)
@@ -201,10 +223,11 @@ class FineTuner(_AdversarialStage):
         with tf.GradientTape() as tape:
             real_logits = self.classifier(x_adv, training=True)
             fake_logits = self.classifier(fake_adv, training=True)
-            per_example = losses.finetune_loss(y, real_logits, y_fake, fake_logits, self.lam)
+            per_example = losses.finetune_loss(y, real_logits, y_fake, fake_logits, self.lam, smoothing)
             loss = _mean_loss(self.ft_optimizer, per_example)
-        # Update the classifier.
+        # Update the classifier and its weight average.
         self.apply(self.ft_optimizer, tape, loss, self.classifier.trainable_variables)
+        self.update_average()
         return self.record(loss=tf.reduce_mean(per_example), adv_acc=_accuracy(y, real_logits),
                            fake_adv_acc=_accuracy(y_fake, fake_logits), eps=eps)
 
@@ -227,17 +250,19 @@ class AdversarialTraining(_ClassifierStage):
     def train_step(self, data):
         step = tf.convert_to_tensor(self.c_optimizer.iterations)
         s_attack, s_z, s_y = self.seeds(step, 3)
-        x, y = self.mix_generated(*data, s_z, s_y)
+        x, y, smoothing = self.unpack(data)
+        x, y = self.mix_generated(x, y, s_z, s_y)
         eps = self.current_eps(step)
         # Attack.
         x_adv = self.attack(x, y, eps, s_attack) if self.pgd_steps else x
         # Loss on the attacked images.
         with tf.GradientTape() as tape:
             logits = self.classifier(x_adv, training=True)
-            per_example = losses.cross_entropy(y, logits)
+            per_example = losses.cross_entropy(y, logits, smoothing)
             loss = _mean_loss(self.c_optimizer, per_example)
-        # Update the classifier.
+        # Update the classifier and its weight average.
         self.apply(self.c_optimizer, tape, loss, self.classifier.trainable_variables)
+        self.update_average()
         return self.record(loss=tf.reduce_mean(per_example), adv_acc=_accuracy(y, logits), eps=eps)
 
 
@@ -254,7 +279,8 @@ class TRADES(_ClassifierStage):
     def train_step(self, data):
         step = tf.convert_to_tensor(self.c_optimizer.iterations)
         s_attack, s_z, s_y = self.seeds(step, 3)
-        x, y = self.mix_generated(*data, s_z, s_y)
+        x, y, smoothing = self.unpack(data)
+        x, y = self.mix_generated(x, y, s_z, s_y)
         eps = self.current_eps(step)
         # Attack the KL term from x plus small Gaussian noise.
         clean = tf.stop_gradient(self._logits(x))
@@ -265,9 +291,10 @@ class TRADES(_ClassifierStage):
         with tf.GradientTape() as tape:
             clean_logits = self.classifier(x, training=True)
             adv_logits = self.classifier(x_adv, training=True)
-            per_example = losses.trades_loss(y, clean_logits, adv_logits, self.beta)
+            per_example = losses.trades_loss(y, clean_logits, adv_logits, self.beta, smoothing)
             loss = _mean_loss(self.c_optimizer, per_example)
-        # Update the classifier.
+        # Update the classifier and its weight average.
         self.apply(self.c_optimizer, tape, loss, self.classifier.trainable_variables)
+        self.update_average()
         return self.record(loss=tf.reduce_mean(per_example), clean_acc=_accuracy(y, clean_logits),
                            adv_acc=_accuracy(y, adv_logits), eps=eps)

@@ -95,7 +95,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n")
     args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at", "robgan+gen",
-            "--budget-minutes", "0.05", "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
+            "cgan", "pgd-at+robgan-data", "--synthetic-n", "200", "--budget-minutes", "0.05", "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
             "--eval-examples", "40", "--square-queries", "50", "--apgd-targets", "3",
             "--set", "width=4", "g_width=4", "depth=2", "batch_size=32", "pgd_steps=2", "eps=0.1",
             "train_limit=128", "eps_warmup_epochs=0.5"]
@@ -107,7 +107,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert state["methods"]["pgd-at"]["config"]["finetune_epochs"] == 0
     rob = state["methods"]["robgan"]["config"]
     text = benchmarks.read_text()
-    assert "<!-- study:tiny -->" in text and "McNemar" in text
+    assert "<!-- study:tiny-128 -->" in text and "McNemar" in text
     assert f"| robgan | {rob['epochs']} (+{rob['finetune_epochs']}) |" in text  # epochs reached, from metrics.csv
     assert f"| pgd-at | {state['methods']['pgd-at']['config']['epochs']} (+0) |" in text
     assert (tmp_path / "study" / "study.png").stat().st_size > 1000
@@ -125,11 +125,19 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     generators = [keras.saving.load_model(run / name / "generator.keras") for name in ("robgan", "robgan+gen")]
     for a, b in zip(*(g.get_weights() for g in generators)):  # G is frozen in fine-tuning
         np.testing.assert_array_equal(a, b)
-    assert "| robgan+gen (co-training: robgan's) |" in text and "robgan+gen p = " in text
+    assert "| robgan+gen (co-training: robgan's) |" in text and "robgan+gen vs pgd-at: p = " in text
+    # the plain GAN trains for as long as robgan's co-training and is no row of its own; the data variant
+    # counts robgan's co-training and the sampling in its time
+    cgan, data_run = state["methods"]["cgan"], state["methods"]["pgd-at+robgan-data"]
+    assert cgan["trained"] and "| cgan" not in text and "cgan's generator" in text
+    assert data_run["generator_seconds"] == study.cotrain_seconds(state["methods"]["robgan"], str(run / "robgan"))
+    assert data_run["sampling_seconds"] > 0 and data_run["config"]["synthetic"].endswith("robgan-data.npz")
+    assert np.bincount(np.load(run / "robgan-data.npz")["y"]).tolist() == [50] * 4
+    assert "| pgd-at+robgan-data |" in text and "GAN-train" in text
     before = (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime
     assert study.main(args) == 0  # a finished study is not redone
     assert (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime == before
-    assert benchmarks.read_text().count("<!-- study:tiny -->") == 1
+    assert benchmarks.read_text().count("<!-- study:tiny-128 -->") == 1
 
 
 def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tmp_path, monkeypatch):

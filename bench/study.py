@@ -172,6 +172,14 @@ def generator_seconds(name, state, out):
     return cotrain_seconds(entry, os.path.join(out, name)) if name == "robgan" else entry["train_seconds"]
 
 
+def cotrain_budget(entry, dataset):
+    """The seconds Rob-GAN's co-training was sized to: its epochs x steps x its timed step (the
+    budget another GAN gets, so that neither counts the other's per-epoch scoring)."""
+    config = Config(**entry["config"])
+    images = min(config.train_limit or len(dataset.y_train), len(dataset.y_train) - config.val_examples)
+    return config.epochs * (images // (config.batch_size * config.n_dis)) * entry["step_seconds"]["cotrain"]
+
+
 def sample_set(gan, state, out, n, seed):
     """The study's set of n samples of a GAN run's generator (made once, timed, resumable)."""
     path = os.path.join(out, f"{gan}-data.npz")
@@ -257,8 +265,8 @@ def main(argv=None):
             variant["synthetic"], entry["sampling_seconds"] = sample_set(gan, state, out, args.synthetic_n, args.seed)
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             budget -= entry["generator_seconds"] + entry["sampling_seconds"]
-        elif name == "cgan":  # a generator trained for as long as Rob-GAN's
-            budget = generator_seconds("robgan", state, out)
+        elif name == "cgan":  # a generator trained for as long as Rob-GAN's co-training was sized to take
+            budget = cotrain_budget(state["methods"]["robgan"], dataset)
         base = methods.config_for(args.dataset, variant.pop("method"),
                                   {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
         shared = shares_cotraining(name)

@@ -76,20 +76,22 @@ def per_class_diversity(images, labels):
 class GeneratorQuality:
     """Scores a generator against real data: GAN-test accuracy, GAN-train accuracy and relative
     sample diversity. GAN-train's CNN learns from as many samples as the run has real training
-    images (`train_images`, at most `gan_train_limit`) for `gan_train_steps` batches; the same CNN
-    learnt from the real images alone gives `gan_train_real_accuracy`, the bar to compare with."""
+    images (`train_images`, at most `gan_train_limit`) for 10 epochs of 128 (20 to 200 batches);
+    the same CNN learnt from the real images alone gives `gan_train_real_accuracy`, the bar to
+    compare with."""
 
     def __init__(self, dataset, reference_classifier, per_class=100, seed=0, train_images=None,
-                 gan_train_limit=2000, gan_train_steps=200):
+                 gan_train_limit=2000):
         self.reference = reference_classifier
         self.labels = np.repeat(np.arange(dataset.num_classes), per_class)
-        self.seed, self.num_classes, self.gan_train_steps = seed, dataset.num_classes, gan_train_steps
+        self.seed, self.num_classes = seed, dataset.num_classes
         x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
         self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
         self.test = data.subset(dataset.x_test, dataset.y_test, 2000, seed)
         self.reference_accuracy = accuracy(reference_classifier, *self.test)
         x_real, y_real = data.subset(*(train_images or (dataset.x_train, dataset.y_train)), gan_train_limit, seed)
         self.train_labels = np.sort(y_real)  # G is asked for the real images' classes, in their numbers
+        self.gan_train_steps = int(np.clip(10 * len(y_real) // 128, 20, 200))
         self.real_train_accuracy = accuracy(self._fit(x_real, y_real), *self.test)
 
     def _fit(self, x, y):

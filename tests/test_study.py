@@ -57,7 +57,7 @@ def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_da
                               verbose=0)
     assert set(fgsm) == {"train"} and 0 < fgsm["train"] < 10
     (guard,) = guards  # ran in the probe, its first check (it traces the attack) in the warm-up
-    assert guard.steps == guard.every + 1 + 3 + 1 and guard.evaluator is not None
+    assert guard.steps == guard.every + 1 + 3 + 1 and guard.check.evaluator is not None
 
 
 def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():
@@ -98,7 +98,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
             "cgan", "pgd-at+robgan-data", "--synthetic-n", "200", "--budget-minutes", "0.05", "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
             "--eval-examples", "40", "--square-queries", "50", "--apgd-targets", "3",
             "--set", "width=4", "g_width=4", "depth=2", "batch_size=32", "pgd_steps=2", "eps=0.1",
-            "train_limit=128", "eps_warmup_epochs=0.5"]
+            "train_limit=128", "eps_warmup_epochs=0.5", "score_every=1000"]
     assert study.main(args) == 0
     state = json.loads((tmp_path / "study" / "study.json").read_text())
     for method in ("robgan", "pgd-at"):

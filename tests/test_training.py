@@ -139,11 +139,11 @@ def test_fgsm_rs_guard_attacks_a_float16_classifier_in_float32(tiny_dataset, flo
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.c_optimizer.build(float16_classifier.trainable_variables)
     guard.on_train_batch_end(0, {"eps": 0.05})
-    assert guard.attacked.dtype_policy.compute_dtype == "float32"
+    assert guard.check.attacked.dtype_policy.compute_dtype == "float32"
     for v in float16_classifier.trainable_variables:
         v.assign(v * 0.5)
     guard.on_train_batch_end(1, {"eps": 0.05})  # each check attacks the classifier's current weights
-    for a, b in zip(guard.attacked.get_weights(), float16_classifier.get_weights()):
+    for a, b in zip(guard.check.attacked.get_weights(), float16_classifier.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 

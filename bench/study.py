@@ -333,7 +333,8 @@ def table_rows(state, out, args):
                      "pgd20_ci95": rep["robust_accuracy_ci95"]["pgd-20"][eps],
                      "autoattack": rep["robust_accuracy"]["autoattack"][eps],
                      "autoattack_ci95": rep["robust_accuracy_ci95"]["autoattack"][eps],
-                     "gan_test": metrics.get("gan_test_accuracy"), "gan_train": metrics.get("gan_train_accuracy"), "early_stop": metrics.get("early_stop"),
+                     "gan_test": metrics.get("gan_test_accuracy"), "gan_train": metrics.get("gan_train_accuracy"),
+                     "early_stop": metrics.get("early_stop"),
                      "generator_minutes": round((entry.get("generator_seconds", 0) + entry.get(
                          "sampling_seconds", 0)) / 60, 1), "best_epoch": (metrics.get("best_epoch") or {}).get("epoch"),
                      "masking": rep["possible_gradient_masking"], "cotraining": entry.get("cotraining")})

@@ -1,5 +1,6 @@
 """Keras callbacks that keep a run safe and visible: NaN guard, checkpoints, epoch reports."""
 
+import glob
 import math
 import os
 import time
@@ -28,10 +29,13 @@ class NonFiniteGuard(keras.callbacks.Callback):
         for key in self.keys:
             value = float(np.asarray((logs or {}).get(key, 0.0)))
             if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"{key} became {value} at batch {batch}; training stopped and the last good "
-                    f"checkpoint in {os.path.join(self.out_dir, rundir.CHECKPOINTS)} is kept. "
-                    f"Rerunning resumes from it; lower the learning rates if it happens again.")
+                checkpoints = os.path.join(self.out_dir, rundir.CHECKPOINTS)
+                kept = (f"the last good checkpoint in {checkpoints} is kept and rerunning the same command resumes "
+                        f"from it; if it happens again, lower the learning rates (e.g. --d-lr) and add --overwrite "
+                        f"(other settings start the run over)") if glob.glob(os.path.join(checkpoints, "*.index")) \
+                    else ("no checkpoint had been written yet; lower the learning rates (e.g. --d-lr) and rerun "
+                          "with --overwrite")
+                raise TrainingDiverged(f"{key} became {value} at batch {batch}; training stopped: {kept}")
 
 
 class StepCheckpoint(keras.callbacks.Callback):

@@ -4,8 +4,10 @@ Arrays leave this module as uint8 NHWC images and integer labels; pipelines yiel
 float32 images in [0, 1] and int32 labels.
 """
 
+import hashlib
 import os
 import socket
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -42,6 +44,14 @@ class Dataset:
     def image_shape(self):
         return tuple(self.x_train.shape[1:])
 
+    def identity(self):
+        """What a run records of its data, so that a resume on other data is refused: the split
+        sizes and a digest of the labels and of every image's first row."""
+        digest = hashlib.sha1(self.y_train.tobytes())
+        digest.update(np.ascontiguousarray(self.x_train[:, 0]).tobytes())
+        return {"name": self.name, "train": len(self.y_train), "test": len(self.y_test),
+                "digest": digest.hexdigest()[:16]}
+
 
 def _check_arrays(name, split, x, y):
     x, y = np.asarray(x), np.asarray(y)
@@ -69,22 +79,32 @@ def load(name, data_dir=None, tfds_dir=None):
 
 
 def _load_npz(name, data_dir):
+    if not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir}: no such folder")
     arrays = []
     for split in ("train", "test"):
         path = os.path.join(data_dir, f"{name}_{split}.npz")
         if not os.path.exists(path):
-            found = sorted(f for f in os.listdir(data_dir) if f.endswith("_train.npz")) \
-                if os.path.isdir(data_dir) else []
+            found = sorted(f for f in os.listdir(data_dir) if f.endswith("_train.npz"))
             known = ", ".join(f[:-len("_train.npz")] for f in found) or "none"
             raise DataError(f"missing data file {path} (datasets in {data_dir}: {known}); "
                             f"pass --data-dir pointing at <dataset>_train.npz/<dataset>_test.npz "
                             f"or leave it out to use tensorflow_datasets")
-        try:
-            with np.load(path) as f:
-                arrays += [f["x"], f["y"]]
-        except (OSError, ValueError, KeyError) as e:
-            raise DataError(f"{path} is not a readable .npz with arrays 'x' and 'y': {e}") from None
+        arrays += read_npz(path)
     return Dataset(name, *arrays)
+
+
+def read_npz(path):
+    """The arrays x and y of an .npz file, or a DataError saying in one line what is wrong with it."""
+    problem = f"{path} is not a readable .npz with arrays 'x' and 'y'"
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise DataError(f"{problem}: it is not a zip archive (truncated, or not written by numpy.savez)")
+    try:
+        with np.load(path) as f:
+            return [f["x"], f["y"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{problem}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def _load_tfds(name, tfds_dir):
@@ -213,12 +233,7 @@ def load_synthetic(path, dataset):
     """A generated data set (sample.py's .npz: x uint8 NHWC, y labels) checked against `dataset`."""
     if not os.path.isfile(path):
         raise DataError(f"--synthetic {path}: no such file (make one with sample.py)")
-    try:
-        with np.load(path) as f:
-            x, y = f["x"], f["y"]
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        raise DataError(f"--synthetic {path} is not a readable .npz with arrays 'x' and 'y': {e}") from None
-    x, y = _check_arrays(os.path.basename(path), "synthetic", x, y)
+    x, y = _check_arrays(os.path.basename(path), "synthetic", *read_npz(path))
     if x.shape[1:] != dataset.image_shape or y.max() >= dataset.num_classes:
         raise DataError(f"--synthetic {path} holds {x.shape[1:]} images of {int(y.max()) + 1} classes, not "
                         f"{dataset.name}'s {dataset.image_shape} images of {dataset.num_classes} classes")

@@ -272,12 +272,13 @@ def load_classifier(path):
     """The logits function of a run directory (its classifier.keras), a `.keras` file, or an
     exported SavedModel (our export's model or version folder, `serving_default` with a float
     input and a `logits` output). Keras models are evaluated in float32 and inference mode."""
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, rundir.CLASSIFIER)):
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, rundir.CONFIG)):
+        if not os.path.exists(os.path.join(path, rundir.CLASSIFIER)):
+            raise rundir.RunDirError(f"{path} is a run directory without {rundir.CLASSIFIER}: rerun train.py with "
+                                     f"its settings to write it again from the checkpoint")
         path = os.path.join(path, rundir.CLASSIFIER)
     if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no model file {path}")
-        return inference_fn(models.float32_copy(keras.saving.load_model(path)))
+        return inference_fn(models.float32_copy(rundir.load_model(path)))
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
         versions = [d for d in os.listdir(path) if d.isdigit()]
         path = os.path.join(path, max(versions, key=int)) if versions else path

@@ -32,10 +32,15 @@ def export_classifier(classifier, class_names, root, model_name, version=None):
         raise ValueError(f"{len(class_names)} class names for a classifier with {num_classes} classes")
 
     def predict(images):
-        checks = [tf.debugging.assert_greater_equal(images, 0.0, message="pixels must be in [0, 1]"),
+        # The network would take any size (sum pooling): check the exact shape, then the range.
+        checks = [tf.debugging.assert_equal(tf.shape(images)[1:], shape, message=f"images must be (N, "
+                                            f"{', '.join(map(str, shape))})"),
+                  tf.debugging.assert_greater_equal(images, 0.0, message="pixels must be in [0, 1]"),
                   tf.debugging.assert_less_equal(images, 1.0, message="pixels must be in [0, 1]")]
         with tf.control_dependencies(checks):
-            logits = tf.cast(classifier(images, training=False), tf.float32)
+            logits = tf.cond(tf.shape(images)[0] > 0,  # an empty batch gets empty outputs
+                             lambda: tf.cast(classifier(images, training=False), tf.float32),
+                             lambda: tf.zeros((0, num_classes), tf.float32))
         class_id = tf.argmax(logits, -1, output_type=tf.int32)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits), "class_id": class_id,
                 "class_name": tf.gather(tf.constant(class_names), class_id)}

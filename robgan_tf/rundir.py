@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 
 import tensorflow as tf
 
@@ -58,12 +57,19 @@ def read_config(out_dir):
 SINCE = {}  # settings added after runs were first written: {name: the value runs before it behaved as}
 
 
-def prepare(out_dir, config, class_names, overwrite=False, normalise=lambda config: config):
+def prepare(out_dir, config, class_names, overwrite=False, normalise=lambda config: config, data=None):
     """Creates out_dir for `config`, or checks that an existing run used the same settings
-    (the saved ones passed through `normalise` first)."""
+    (the saved ones passed through `normalise` first) and the same `data` (Dataset.identity(),
+    where the run recorded one)."""
     path = os.path.join(out_dir, CONFIG)
-    if overwrite and os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
+    if overwrite and os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.isfile(path):
+            raise RunDirError(f"--overwrite: {out_dir} is not a run directory of train.py (it has no {CONFIG}), so "
+                              f"it is left as it is; choose another --out")
+        aside = _free_name(out_dir.rstrip(os.sep) + ".replaced")
+        os.replace(out_dir, aside)
+        print(f"--overwrite: the earlier run in {out_dir} (models, checkpoints, evaluations) was moved to {aside}; "
+              f"delete it when you no longer need it")
     if os.path.exists(path):
         saved = normalise(read_config(out_dir)[0]).as_dict()
         current = json.loads(json.dumps(config.as_dict()))
@@ -73,9 +79,20 @@ def prepare(out_dir, config, class_names, overwrite=False, normalise=lambda conf
             changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
             raise RunDirError(f"{out_dir} holds a run with other settings ({changes}); "
                               f"use another --out, or --overwrite to replace it")
+        with open(path) as f:
+            recorded = json.load(f).get("data")
+        if data and recorded and recorded != data:
+            raise RunDirError(f"{out_dir} was trained on other data ({recorded}, now {data}); resume it with the "
+                              f"same --data-dir, or use another --out, or --overwrite to replace it")
     else:
         os.makedirs(os.path.join(out_dir, SAMPLES), exist_ok=True)
-        _write_json(path, {**config.as_dict(), "class_names": list(class_names)})
+        _write_json(path, {**config.as_dict(), "class_names": list(class_names), **({"data": data} if data else {})})
+
+
+def _free_name(path):
+    """path, or path-2, path-3, ...: the first that does not exist."""
+    candidates = (path if n == 1 else f"{path}-{n}" for n in range(1, 10_000))
+    return next(p for p in candidates if not os.path.exists(p))
 
 
 @contextlib.contextmanager
@@ -97,6 +114,20 @@ def save_model(model, out_dir, name):
     tmp = os.path.join(out_dir, "tmp_" + name)
     model.save(tmp)
     os.replace(tmp, os.path.join(out_dir, name))
+
+
+def load_model(path):
+    """A .keras model, or a RunDirError saying in one line that the file is missing or unreadable."""
+    import keras
+
+    if not os.path.isfile(path):
+        raise RunDirError(f"no model file {path}")
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{path} exists but cannot be read as a Keras model (damaged or not a .keras file: "
+                          f"{first[:200]})") from None
 
 
 def write_metrics_json(out_dir, metrics):
@@ -194,7 +225,7 @@ def checkpoint_manager(out_dir, progress, restore_from=None, **trackables):
     """
     ckpt = tf.train.Checkpoint(**trackables, **progress.as_dict())
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, CHECKPOINTS), max_to_keep=2)
-    latest = tf.train.latest_checkpoint(os.path.join(restore_from or out_dir, CHECKPOINTS))
+    latest = _latest_checkpoint(os.path.join(restore_from or out_dir, CHECKPOINTS))
     if latest:
         try:
             ckpt.restore(latest).assert_existing_objects_matched()
@@ -203,3 +234,20 @@ def checkpoint_manager(out_dir, progress, restore_from=None, **trackables):
             raise RunDirError(f"checkpoint {latest} cannot be restored ({first}); "
                               f"rerun with --overwrite to start this run again") from None
     return manager
+
+
+def _latest_checkpoint(directory):
+    """The checkpoint its state file names or, when that file is unreadable or names none but
+    checkpoints are on disk, the newest of them (said in one line): a run with progress never
+    silently starts over."""
+    try:
+        latest = tf.train.latest_checkpoint(directory)
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError):
+        latest = None
+    on_disk = sorted(tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index")),
+                     key=lambda p: int(os.path.basename(p)[len("ckpt-"):-len(".index")]))
+    if latest is None and on_disk:
+        latest = on_disk[-1][:-len(".index")]
+        print(f"warning: {os.path.join(directory, 'checkpoint')} is unreadable or names no checkpoint; resuming "
+              f"from {latest}, the newest checkpoint on disk")
+    return latest

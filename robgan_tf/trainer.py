@@ -48,7 +48,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
         else:
             stage_data.append(data.TrainData(x, y, batch, config.augment, config.seed))
     own_dir = distribute.worker_dir(strategy, out_dir)
-    rundir.prepare(own_dir, config, dataset.class_names, overwrite, normalise=methods.normalise)
+    rundir.prepare(own_dir, config, dataset.class_names, overwrite, normalise=methods.normalise,
+                   data=dataset.identity())
     keras.utils.set_random_seed(config.seed)
     steps = {stage.name: d.steps * stage.epochs(config) for stage, d in zip(method.stages, stage_data)}
     with strategy.scope(), distribute.dtype_policy(config.mixed_precision):
@@ -66,6 +67,12 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
             rundir.save_model(model, own_dir, name)
 
     if progress.stage_index >= len(method.stages) and os.path.exists(os.path.join(own_dir, rundir.METRICS_JSON)):
+        files = (rundir.DISCRIMINATOR, rundir.CLASSIFIER, *([rundir.GENERATOR] if parts.generator is not None else []))
+        missing = [name for name in files if not os.path.exists(os.path.join(own_dir, name))]
+        if missing:  # deleted since: the checkpoint still has them
+            save_models()
+            keep_best(parts, own_dir)
+            print(f"rewrote {', '.join(missing)} from the checkpoint")
         print(f"{out_dir} is finished; nothing to train (use --overwrite to train it again).")
         return rundir.read_metrics_json(own_dir)
 
@@ -152,7 +159,7 @@ def keep_best(parts, out_dir):
     if best is None:
         return kept
     rundir.save_model(kept, out_dir, rundir.LAST_CLASSIFIER)
-    kept.set_weights(keras.saving.load_model(os.path.join(out_dir, rundir.BEST_CLASSIFIER)).get_weights())
+    kept.set_weights(rundir.load_model(os.path.join(out_dir, rundir.BEST_CLASSIFIER)).get_weights())
     rundir.save_model(kept, out_dir, rundir.CLASSIFIER)
     print(f"{rundir.CLASSIFIER} is epoch {best['epoch']}'s, the best on the validation split (PGD-10 accuracy "
           f"{best['val_pgd10_acc']:.3f}); the last epoch's is {rundir.LAST_CLASSIFIER}")
@@ -163,7 +170,7 @@ def frozen_generator(path, dataset):
     """A trained generator.keras whose samples a baseline mixes into its batches."""
     if not os.path.isfile(path):
         raise data.DataError(f"--generator {path}: no such file (a generator.keras from a Rob-GAN run)")
-    generator = keras.saving.load_model(path)
+    generator = rundir.load_model(path)
     if tuple(generator.output.shape[1:]) != dataset.image_shape:
         raise data.DataError(f"--generator {path} makes {tuple(generator.output.shape[1:])} images, "
                              f"not {dataset.name}'s {dataset.image_shape}")
@@ -175,7 +182,7 @@ def reference_classifier(dataset, out_dir, seed):
     """The GAN-test classifier, trained once per run directory and kept there."""
     path = os.path.join(out_dir, rundir.REFERENCE_CLASSIFIER)
     if os.path.exists(path):
-        return keras.saving.load_model(path)
+        return rundir.load_model(path)
     print("training the GAN-test reference classifier on real training images ...")
     model = quality.train_reference_classifier(dataset, seed=seed)
     rundir.save_model(model, out_dir, rundir.REFERENCE_CLASSIFIER)

@@ -123,3 +123,12 @@ def test_evaluate_cli_errors_are_one_clear_line(tiny_run, tiny_data_dir, tmp_pat
                           "--data-dir", str(tiny_data_dir), "--out", str(out)]) == 1
     assert "--pgd-steps 0 is out of range: it must be >= 1" in capsys.readouterr().err
     assert not out.exists()
+    assert evaluate.main(["--model", str(tiny_run / rundir.CLASSIFIER), "--dataset", "tiny", "--n-examples", "0",
+                          "--data-dir", str(tiny_data_dir), "--out", str(out)]) == 1
+    assert "--n-examples 0: it must be >= 1" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.keras"
+    damaged.write_bytes(b"PK\x03\x04 not a model")
+    assert evaluate.main(["--model", str(damaged), "--dataset", "tiny", "--data-dir", str(tiny_data_dir),
+                          "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "exists but cannot be read as a Keras model" in err and err.count("\n") == 1 and not out.exists()

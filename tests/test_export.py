@@ -108,6 +108,14 @@ def test_wrong_image_size_and_range_are_rejected(exported):
     serve = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
         serve(images=tf.zeros((1, 32, 32, 3)))
+    for wrong in ((2, 32, 32, 1), (2, 28, 28, 3)):  # the network alone would take these
+        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match="28, 28, 1"):
+            serve(images=tf.zeros(wrong))
+    uint8 = tf.saved_model.load(str(model_dir / "1")).signatures["serving_uint8"]
+    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match="28, 28, 1"):
+        uint8(images=tf.zeros((1, 56, 56, 1), tf.uint8))
+    empty = serve(images=tf.zeros((0, 28, 28, 1)))
+    assert empty["logits"].shape == (0, 10) and empty["class_name"].shape == (0,)
     with pytest.raises(tf.errors.InvalidArgumentError, match="pixels must be in"):
         serve(images=tf.fill((1, 28, 28, 1), 255.0))
     out = serve(images=tf.zeros((3, 28, 28, 1)))

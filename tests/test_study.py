@@ -95,7 +95,8 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n")
     args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at", "robgan+gen",
-            "cgan", "pgd-at+robgan-data", "--synthetic-n", "200", "--budget-minutes", "0.05", "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
+            "cgan", "pgd-at+robgan-data", "--synthetic-n", "200", "--budget-minutes", "0.05",
+            "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
             "--eval-examples", "40", "--square-queries", "50", "--apgd-targets", "3",
             "--set", "width=4", "g_width=4", "depth=2", "batch_size=32", "pgd_steps=2", "eps=0.1",
             "train_limit=128", "eps_warmup_epochs=0.5", "score_every=1000"]

@@ -162,9 +162,9 @@ def test_the_plain_conditional_gan_trains_on_clean_images(tiny_dataset):
     from robgan_tf.training import ConditionalGAN
 
     x = tf.constant(tiny_dataset.x_train[:8] / 255.0, tf.float32)
-    model = ConditionalGAN(models.build_generator((16, 16, 1), 4, width=4, z_dim=8),
-                           *(lambda d: (d, models.classifier_from(d)))(models.build_discriminator((16, 16, 1), 4, 4, 2)),
-                           eps=0.3, pgd_steps=3)
+    discriminator = models.build_discriminator((16, 16, 1), 4, 4, 2)
+    model = ConditionalGAN(models.build_generator((16, 16, 1), 4, width=4, z_dim=8), discriminator,
+                           models.classifier_from(discriminator), eps=0.3, pgd_steps=3)
     assert model.attack(x, tf.zeros(8, tf.int32), 0.3, tf.constant([0, 0], tf.int64)) is x
     config = methods.config_for("tiny", "cgan")
     assert config.finetune_epochs == 0 and [s.name for s in methods.get("cgan").stages] == ["cotrain"]

@@ -66,10 +66,9 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(tiny_data_dir, tmp_pat
 
     monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", crash_after_second_save)
     args = ("--epochs", "2", "--finetune-epochs", "0", "--checkpoint-every", "2", "--n-dis", "1")
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_data_dir, out, *args)
+    assert run(tiny_data_dir, out, *args) == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
     monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", original)
-    capsys.readouterr()
     assert run(tiny_data_dir, out, *args) == 0
     assert "resuming cotrain epoch 2 at batch 2/4" in capsys.readouterr().out
     rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
@@ -80,6 +79,28 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(tiny_data_dir, tmp_pat
     steps = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "iteration" in k}
     d_steps = [v for k, v in steps.items() if k.startswith("d_optimizer")]
     assert d_steps == [8], f"2 epochs x 4 batches, no batch repeated or skipped: {steps}"
+
+
+def test_sigterm_says_how_to_resume_and_the_rerun_resumes(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    original = StepCheckpoint.on_train_batch_end
+
+    def terminated_after_a_save(self, batch, logs=None):
+        original(self, batch, logs)
+        if int(self.progress.batch.numpy()) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", terminated_after_a_save)
+    args = ("--method", "pgd-at", "--epochs", "1", "--checkpoint-every", "2")
+    assert run(tiny_data_dir, out, *args) == 143
+    assert "terminated; rerun the same command to resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is not train.main.__globals__["_stop"]  # the handler is put back
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", original)
+    assert run(tiny_data_dir, out, *args) == 0
+    assert "resuming train epoch 1 at batch 2/" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -97,8 +118,7 @@ def test_a_kill_at_the_epoch_end_checkpoint_keeps_one_row_and_one_grid_per_epoch
 
     monkeypatch.setattr(StepCheckpoint, "on_epoch_end", killed_at_the_first_epoch_end)
     args = ("--epochs", "2", "--finetune-epochs", "1", "--n-dis", "1")
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_data_dir, out, *args)
+    assert run(tiny_data_dir, out, *args) == 130
     monkeypatch.setattr(StepCheckpoint, "on_epoch_end", original)
     assert run(tiny_data_dir, out, *args) == 0
     rows = rundir.read_metrics_rows(out)
@@ -115,6 +135,97 @@ def test_corrupt_checkpoint_gives_a_clear_error(tiny_data_dir, tmp_path, capsys)
     assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "0") == 1
     err = capsys.readouterr().err
     assert "cannot be restored" in err and "--overwrite" in err
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_moves_a_run_aside(tiny_data_dir, tmp_path, capsys):
+    work = tmp_path / "mywork"
+    (work / "sub").mkdir(parents=True)
+    (work / "notes.tex").write_text("x")
+    assert run(tiny_data_dir, work, "--method", "pgd-at", "--epochs", "1", "--overwrite") == 1
+    assert "not a run directory" in capsys.readouterr().err
+    assert (work / "notes.tex").read_text() == "x" and (work / "sub").is_dir()
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    (out / "evaluation").mkdir()
+    (out / "evaluation" / "report.md").write_text("kept")
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "2", "--overwrite") == 0
+    assert "was moved to" in capsys.readouterr().out
+    aside = tmp_path / "run.replaced"
+    assert (aside / "evaluation" / "report.md").read_text() == "kept"
+    assert json.loads((aside / rundir.CONFIG).read_text())["epochs"] == 1
+    assert json.loads((out / rundir.CONFIG).read_text())["epochs"] == 2 and not (out / "evaluation").exists()
+
+
+def test_a_corrupt_checkpoint_state_file_resumes_from_the_newest_checkpoint_on_disk(tiny_data_dir, tmp_path,
+                                                                                     capsys):
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "2") == 0
+    rows = rundir.read_metrics_rows(out)
+    (out / rundir.CHECKPOINTS / "checkpoint").write_bytes(b"\x00garbage{{")
+    capsys.readouterr()
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "2") == 0
+    printed = capsys.readouterr().out
+    assert "newest checkpoint on disk" in printed and "is finished" in printed
+    assert rundir.read_metrics_rows(out) == rows  # no epoch trained again
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crc", "random bytes", "missing folder"])
+def test_a_damaged_data_file_or_folder_is_one_clear_line(tiny_dataset, tmp_path, damage):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(folder / "tiny_train.npz", x=tiny_dataset.x_train, y=tiny_dataset.y_train.astype(np.uint8))
+    np.savez(folder / "tiny_test.npz", x=tiny_dataset.x_test, y=tiny_dataset.y_test.astype(np.uint8))
+    path = folder / "tiny_train.npz"
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif damage == "crc":  # flip bytes inside the stored array, so the zip's checksum no longer holds
+        path.write_bytes(raw[:2000] + bytes(b ^ 0xFF for b in raw[2000:2100]) + raw[2100:])
+    elif damage == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(data.DataError) as error:
+        data.load("tiny", str(folder if damage != "missing folder" else tmp_path / "nowhere"))
+    message = str(error.value)
+    assert "\n" not in message and ("no such folder" if damage == "missing folder" else "tiny_train.npz") in message
+    assert "pickle" not in message
+
+
+def test_model_files_deleted_from_a_finished_run_are_rewritten_from_its_checkpoint(tiny_data_dir, tmp_path, capsys):
+    import evaluate
+
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    before = (out / rundir.CLASSIFIER).read_bytes()
+    (out / rundir.CLASSIFIER).unlink()
+    capsys.readouterr()
+    assert evaluate.main(["--model", str(out), "--data-dir", str(tiny_data_dir)]) == 1
+    assert "without classifier.keras: rerun train.py" in capsys.readouterr().err
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    assert "rewrote classifier.keras from the checkpoint" in capsys.readouterr().out
+    import keras
+
+    from robgan_tf import models
+    rewritten, discriminator = (keras.saving.load_model(out / n) for n in (rundir.CLASSIFIER, rundir.DISCRIMINATOR))
+    assert len(before) > 0 and all(np.array_equal(a, b) for a, b in zip(
+        rewritten.get_weights(), models.classifier_from(discriminator).get_weights()))
+
+
+def test_resuming_on_other_data_is_refused(tiny_data_dir, tmp_path, capsys):
+    from conftest import make_images
+
+    out = tmp_path / "run"
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    for split, seed in (("train", 5), ("test", 6)):
+        x, y = make_images(512 if split == "train" else 128, seed=seed)
+        np.savez(other / f"tiny_{split}.npz", x=x, y=y)
+    rows = rundir.read_metrics_rows(out)
+    assert run(other, out, "--method", "pgd-at", "--epochs", "1") == 1
+    err = capsys.readouterr().err
+    assert "was trained on other data" in err and "same --data-dir" in err
+    assert rundir.read_metrics_rows(out) == rows
+    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0  # its own data: fine
 
 
 def test_missing_data_file_gives_one_clear_line(tmp_path, capsys):
@@ -187,16 +298,20 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     out = tmp_path / "run"
     original = NonFiniteGuard.on_train_batch_end
 
-    def nan_at_third_batch(self, batch, logs=None):
-        if batch == 2:
-            logs = {**logs, "d_loss": float("nan")}
-        original(self, batch, logs)
+    def nan_at_batch(n):
+        def guard(self, batch, logs=None):
+            original(self, batch, logs={**logs, "d_loss": float("nan")} if batch == n else logs)
+        return guard
 
-    monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", nan_at_third_batch)
+    monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", nan_at_batch(0))  # before any checkpoint
     args = ("--epochs", "1", "--finetune-epochs", "0", "--checkpoint-every", "2", "--n-dis", "1")
+    assert run(tiny_data_dir, tmp_path / "early", *args) == 1
+    err = capsys.readouterr().err
+    assert "no checkpoint had been written yet" in err and "--overwrite" in err and "is kept" not in err
+    monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", nan_at_batch(2))
     assert run(tiny_data_dir, out, *args) == 1
     err = capsys.readouterr().err
-    assert "d_loss became nan" in err and "last good checkpoint" in err
+    assert "d_loss became nan" in err and "last good checkpoint" in err and "--overwrite" in err
     monkeypatch.setattr(NonFiniteGuard, "on_train_batch_end", original)
     assert run(tiny_data_dir, out, *args) == 0
     assert "resuming cotrain epoch 1 at batch 2/4" in capsys.readouterr().out
@@ -255,8 +370,7 @@ def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_me
 
     monkeypatch.setattr(trainer, "final_metrics", crash)
     out = tmp_path / "fgsm"
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2")
+    assert run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2") == 130
     monkeypatch.setattr(trainer, "final_metrics", real_metrics)
     assert run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2") == 0
     metrics = json.loads((out / rundir.METRICS_JSON).read_text())

@@ -36,6 +36,9 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.n_examples < 1:
+        print(f"error: --n-examples {args.n_examples}: it must be >= 1", file=sys.stderr)
+        return 1
     run_config = None
     if os.path.isfile(os.path.join(args.model, rundir.CONFIG)):
         run_config = rundir.read_config(args.model)[0]
@@ -52,7 +55,7 @@ def main(argv=None):
         cfg.check(settings)  # a ConfigError (a ValueError) naming the flag
         dataset = data.load(dataset_name, args.data_dir, args.tfds_dir)
         logits_fn = evaluation.load_classifier(args.model)
-    except (data.DataError, FileNotFoundError, ValueError) as e:
+    except (data.DataError, rundir.RunDirError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     x, y = data.subset(dataset.x_test, dataset.y_test, args.n_examples, settings.seed)

@@ -4,7 +4,6 @@ import argparse
 import os
 import sys
 
-import keras
 
 from robgan_tf import rundir
 from robgan_tf.export import export_classifier
@@ -23,7 +22,7 @@ def main(argv=None):
         return 1
     try:
         config, class_names = rundir.read_config(args.model)
-        classifier = keras.saving.load_model(classifier_path)
+        classifier = rundir.load_model(classifier_path)
         name = args.name or f"{config.dataset}_{config.method.replace('-', '_')}"
         path = export_classifier(classifier, class_names, args.out, name, args.version)
     except (rundir.RunDirError, FileExistsError, ValueError) as e:

@@ -8,7 +8,6 @@ import argparse
 import os
 import sys
 
-import keras
 
 from robgan_tf import rundir, synthetic
 
@@ -47,12 +46,12 @@ def main(argv=None):
         print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
-        generator = keras.saving.load_model(generator_path)
-        keep = keras.saving.load_model(filter_path) if filter_path else None
+        generator = rundir.load_model(generator_path)
+        keep = rundir.load_model(filter_path) if filter_path else None
         metadata = synthetic.write(generator, args.n, args.out, args.seed, args.chunk, keep, args.threshold,
                                    describe={"generator": os.path.abspath(generator_path),
                                              "filter": filter_path and os.path.abspath(filter_path)})
-    except (synthetic.SampleError, ValueError) as e:
+    except (synthetic.SampleError, rundir.RunDirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {metadata['n']} samples ({metadata['per_class']} per class, {metadata['kept_fraction']:.0%} of "

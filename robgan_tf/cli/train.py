@@ -3,7 +3,9 @@
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
 
 from robgan_tf import config as cfg
 from robgan_tf import data, methods, rundir, trainer
@@ -41,8 +43,19 @@ def config_from(args):
     return methods.config_for(dataset, method, settings, explicit=settings)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    out = None
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if on_main_thread else None
     try:
         config = config_from(args)
         out = args.out or os.path.join("checkpoints", f"{config.dataset}-{config.method}")
@@ -51,6 +64,14 @@ def main(argv=None):
     except (cfg.ConfigError, data.DataError, rundir.RunDirError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        where = f" from the last checkpoint in {os.path.join(out, rundir.CHECKPOINTS)}" if out else ""
+        print(f"\n{'terminated' if isinstance(e, Stopped) else 'interrupted'}; rerun the same command to resume"
+              f"{where}", file=sys.stderr)
+        return 143 if isinstance(e, Stopped) else 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -82,6 +82,12 @@ class Config:
     fake_class_weight: float = setting(0.0, "weight of D's class loss on generated images in co-training",
                                        NON_NEGATIVE)
     n_dis: int = setting(2, "D updates per G update in Rob-GAN's co-training", AT_LEAST_1)
+    gan_loss: str = setting("bce", "the real/fake loss of D and G: bce (Rob-GAN; non-saturating for G) or hinge "
+                                   "(SN-GAN, BigGAN)", choices=("bce", "hinge"))
+    g_class_weight: float = setting(1.0, "weight of G's class loss (AC-GAN's term; below 1 pulls G less towards "
+                                         "one template per class)", NON_NEGATIVE)
+    diffaugment: str = setting("", "DiffAugment (Zhao et al. 2020) of what D's real/fake head sees, in D's and G's "
+                                   "updates: a comma list of color, translation, cutout (for small training sets)")
     lam: float = setting(0.5, "weight of CE on attacked generated images in fine-tuning", NON_NEGATIVE)
     gen_ratio: float = setting(0.0, "fraction of each batch replaced by generated images with their labels "
                                     "(robgan: its own G, in fine-tuning; pgd-at, trades: --generator)", FRACTION)

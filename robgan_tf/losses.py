@@ -32,21 +32,43 @@ def kl_divergence(p_logits, q_logits):
     return tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(tf.cast(q_logits, tf.float32))), -1)
 
 
-def robgan_discriminator_loss(labels, real_cls, real_rf, fake_labels, fake_cls, fake_rf, fake_class_weight=0.0):
+def real_fake_loss(real_rf, fake_rf, kind="bce"):
+    """D's real/fake term, for real/fake logits of shape (N, 1):
+
+        bce:   BCE(D_rf(x), 1) + BCE(D_rf(G(z, y~)), 0)                 (Goodfellow et al. 2014)
+        hinge: max(0, 1 - D_rf(x)) + max(0, 1 + D_rf(G(z, y~)))          (Lim & Ye 2017; SN-GAN, BigGAN)"""
+    if kind == "hinge":
+        real, fake = tf.cast(real_rf[:, 0], tf.float32), tf.cast(fake_rf[:, 0], tf.float32)
+        return tf.nn.relu(1.0 - real) + tf.nn.relu(1.0 + fake)
+    return binary_cross_entropy(1.0, real_rf) + binary_cross_entropy(0.0, fake_rf)
+
+
+def fooling_loss(fake_rf, kind="bce"):
+    """G's real/fake term: non-saturating BCE(D_rf(G(z, y~)), 1), or hinge's -D_rf(G(z, y~))."""
+    if kind == "hinge":
+        return -tf.cast(fake_rf[:, 0], tf.float32)
+    return binary_cross_entropy(1.0, fake_rf)
+
+
+def robgan_discriminator_loss(labels, real_cls, real_rf, fake_labels, fake_cls, fake_rf, fake_class_weight=0.0,
+                              kind="bce"):
     """Rob-GAN's discriminator loss (Liu & Hsieh, CVPR 2019, eq. 4 with AC-GAN's class term):
 
-        L_D = BCE(D_rf(x_rf), 1) + BCE(D_rf(G(z, y~)), 0) + CE(D_cls(x'), y) + w·CE(D_cls(G(z, y~)), y~)
+        L_D = RF(D_rf(x_rf), D_rf(G(z, y~))) + CE(D_cls(x'), y) + w·CE(D_cls(G(z, y~)), y~)
 
-    where x_rf is x' (the paper) or x, and w = `fake_class_weight` (0 in Rob-GAN)."""
-    return (binary_cross_entropy(1.0, real_rf) + binary_cross_entropy(0.0, fake_rf)
-            + cross_entropy(labels, real_cls) + fake_class_weight * cross_entropy(fake_labels, fake_cls))
+    where RF is `real_fake_loss` of `kind` (BCE in the paper), x_rf is x' (the paper) or x, and
+    w = `fake_class_weight` (0 in Rob-GAN)."""
+    return (real_fake_loss(real_rf, fake_rf, kind) + cross_entropy(labels, real_cls)
+            + fake_class_weight * cross_entropy(fake_labels, fake_cls))
 
 
-def robgan_generator_loss(fake_labels, fake_cls, fake_rf):
-    """Rob-GAN's generator loss, non-saturating (Goodfellow et al. 2014) plus AC-GAN's class term:
+def robgan_generator_loss(fake_labels, fake_cls, fake_rf, class_weight=1.0, kind="bce"):
+    """Rob-GAN's generator loss, the `fooling_loss` of `kind` plus AC-GAN's class term:
 
-        L_G = BCE(D_rf(G(z, y~)), 1) + CE(D_cls(G(z, y~)), y~)"""
-    return binary_cross_entropy(1.0, fake_rf) + cross_entropy(fake_labels, fake_cls)
+        L_G = F(D_rf(G(z, y~))) + c·CE(D_cls(G(z, y~)), y~)
+
+    with c = `class_weight` (1 in Rob-GAN; below 1 it pulls G less towards one template per class)."""
+    return fooling_loss(fake_rf, kind) + class_weight * cross_entropy(fake_labels, fake_cls)
 
 
 def finetune_loss(labels, real_logits, fake_labels, fake_logits, lam, smoothing=0.0):

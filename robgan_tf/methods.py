@@ -13,7 +13,7 @@ from typing import Callable
 import keras
 
 from robgan_tf import config as cfg
-from robgan_tf import distribute, quality, rundir
+from robgan_tf import diffaugment, distribute, quality, rundir
 from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.schedules import CyclicLR
 from robgan_tf.training import TRADES, AdversarialTraining, ConditionalGAN, FineTuner, RobGAN
@@ -123,7 +123,9 @@ def _compile(model, config, **optimizers):
 def _cotrain(step_class, parts, optimizers, config, warmup):
     model = step_class(parts.generator, parts.discriminator, parts.classifier,
                        fake_class_weight=config.fake_class_weight, n_dis=config.n_dis,
-                       real_rf_input=config.real_rf_input, average=parts.average, **attack_settings(config, warmup))
+                       real_rf_input=config.real_rf_input, gan_loss=config.gan_loss,
+                       g_class_weight=config.g_class_weight, diffaugment=diffaugment.parse(config.diffaugment),
+                       average=parts.average, **attack_settings(config, warmup))
     return _compile(model, config, d_optimizer=optimizers["d_optimizer"], g_optimizer=optimizers["g_optimizer"])
 
 
@@ -152,6 +154,14 @@ def _robgan_check(config):
     if config.generator:
         raise cfg.ConfigError("--generator is for the baselines' --gen-ratio; Rob-GAN mixes in its own generator")
     _synthetic_check(config)
+    _gan_check(config)
+
+
+def _gan_check(config):
+    try:
+        diffaugment.parse(config.diffaugment)
+    except ValueError as e:
+        raise cfg.ConfigError(f"--diffaugment {config.diffaugment!r}: {e}") from None
 
 
 def _synthetic_check(config):
@@ -191,6 +201,7 @@ CGAN = Method(
     trains_generator=True,
     fixed=lambda config: dict(finetune_epochs=0),
     unused={**_NOT_TRADES, **_NO_ATTACK, **_NO_FINETUNING},
+    check=_gan_check,
 )
 
 
@@ -219,7 +230,8 @@ def _baseline_check(config):
 
 
 _GAN_ONLY = {name: "it sets Rob-GAN's generator, discriminator or fine-tuning; a baseline trains a classifier "
-                   "alone" for name in ("spectral_norm", "n_dis", "real_rf_input", "fake_class_weight", "lam",
+                   "alone" for name in ("spectral_norm", "n_dis", "real_rf_input", "fake_class_weight", "gan_loss",
+                                        "g_class_weight", "diffaugment", "lam",
                                         "g_lr", "finetune_lr", "finetune_epochs")}
 _BASELINE_FIXED = dict(spectral_norm="head", n_dis=1, finetune_epochs=0)  # a baseline's D: no spectral norm
 

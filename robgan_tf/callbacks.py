@@ -130,7 +130,7 @@ class ValidationCheck(keras.callbacks.Callback):
     """At each epoch end, before the row and the checkpoint: clean and PGD-10 accuracy of the
     kept classifier (`prepare()` first sets its weights, e.g. to their average) on the validation
     split, which no step trains on, into the epoch's logs (so metrics.csv and TensorBoard); the
-    best epoch by PGD-10 accuracy is saved as classifier_best.keras with best.json."""
+    best epoch by PGD-10 accuracy (then clean accuracy) is saved as classifier_best.keras with best.json."""
 
     def __init__(self, kept, prepare, x, y, eps, out_dir, stage, epoch_offset, seed=0):
         super().__init__()
@@ -143,7 +143,7 @@ class ValidationCheck(keras.callbacks.Callback):
         if logs is not None:
             logs.update(val_clean_acc=clean, val_pgd10_acc=robust)
         best = rundir.read_best(self.out_dir)
-        if best is None or robust > best["val_pgd10_acc"]:
+        if best is None or (robust, clean) > (best["val_pgd10_acc"], best["val_clean_acc"]):  # ties: the cleaner
             rundir.save_model(self.kept, self.out_dir, rundir.BEST_CLASSIFIER)
             rundir.write_best(self.out_dir, {"epoch": self.epoch_offset + epoch + 1, "stage": self.stage,
                                              "val_pgd10_acc": robust, "val_clean_acc": clean})

@@ -39,10 +39,18 @@ def train_reference_classifier(dataset, epochs=2, limit=20_000, seed=0, verbose=
 
 def fit_reference_classifier(x, y, num_classes, steps, seed=0, verbose="auto"):
     """The reference CNN trained for `steps` batches of 128 on images x (uint8 or [0, 1] floats)."""
+    return _train(_compiled_reference_classifier(x.shape[1:], num_classes, seed), x, y, steps, seed, verbose)
+
+
+def _compiled_reference_classifier(image_shape, num_classes, seed):
     keras.utils.set_random_seed(seed)
-    model = build_reference_classifier(x.shape[1:], num_classes)
+    model = build_reference_classifier(image_shape, num_classes)
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _train(model, x, y, steps, seed, verbose):
     batches = data.TrainData(x, y, min(128, len(y)), seed=seed)
     epochs = -(-steps // batches.steps)
     model.fit(batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps, verbose=verbose)
@@ -84,7 +92,7 @@ class GeneratorQuality:
                  gan_train_limit=2000):
         self.reference = reference_classifier
         self.labels = np.repeat(np.arange(dataset.num_classes), per_class)
-        self.seed, self.num_classes = seed, dataset.num_classes
+        self.seed, self.num_classes, self._cnn = seed, dataset.num_classes, None
         x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
         self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
         self.test = data.subset(dataset.x_test, dataset.y_test, 2000, seed)
@@ -95,7 +103,15 @@ class GeneratorQuality:
         self.real_train_accuracy = accuracy(self._fit(x_real, y_real), *self.test)
 
     def _fit(self, x, y):
-        return fit_reference_classifier(x, y, self.num_classes, self.gan_train_steps, self.seed, verbose=0)
+        """The GAN-train CNN trained anew on x, y: one compiled model, set back to its first weights
+        and a fresh optimizer state each time (so its step is traced once, not at every score)."""
+        if self._cnn is None:
+            self._cnn = _compiled_reference_classifier(x.shape[1:], self.num_classes, self.seed)
+            self._first_weights = self._cnn.get_weights()
+        self._cnn.set_weights(self._first_weights)
+        for variable in self._cnn.optimizer.variables:
+            variable.assign(keras.ops.zeros_like(variable))
+        return _train(self._cnn, x, y, self.gan_train_steps, self.seed, verbose=0)
 
     def __call__(self, generator):
         samples = generate(generator, self.labels, self.seed)

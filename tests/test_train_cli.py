@@ -1,4 +1,5 @@
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -137,15 +138,33 @@ def test_corrupt_checkpoint_gives_a_clear_error(tiny_data_dir, tmp_path, capsys)
     assert "cannot be restored" in err and "--overwrite" in err
 
 
-def test_overwrite_refuses_a_folder_that_is_not_a_run_and_moves_a_run_aside(tiny_data_dir, tmp_path, capsys):
+FINISHED = ("--method", "pgd-at", "--epochs", "1")  # the settings of the finished_run fixture
+
+
+@pytest.fixture(scope="module")
+def trained_once(tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run(tiny_data_dir, out, *FINISHED) == 0
+    return out
+
+
+@pytest.fixture
+def finished_run(trained_once, tmp_path):
+    """A copy of a finished one-epoch PGD-AT run on the tiny data, for a test to damage."""
+    import shutil
+
+    return pathlib.Path(shutil.copytree(trained_once, tmp_path / "run"))
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_moves_a_run_aside(tiny_data_dir, finished_run, tmp_path,
+                                                                            capsys):
     work = tmp_path / "mywork"
     (work / "sub").mkdir(parents=True)
     (work / "notes.tex").write_text("x")
     assert run(tiny_data_dir, work, "--method", "pgd-at", "--epochs", "1", "--overwrite") == 1
     assert "not a run directory" in capsys.readouterr().err
     assert (work / "notes.tex").read_text() == "x" and (work / "sub").is_dir()
-    out = tmp_path / "run"
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    out = finished_run
     (out / "evaluation").mkdir()
     (out / "evaluation" / "report.md").write_text("kept")
     assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "2", "--overwrite") == 0
@@ -156,14 +175,13 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_and_moves_a_run_aside(tiny
     assert json.loads((out / rundir.CONFIG).read_text())["epochs"] == 2 and not (out / "evaluation").exists()
 
 
-def test_a_corrupt_checkpoint_state_file_resumes_from_the_newest_checkpoint_on_disk(tiny_data_dir, tmp_path,
+def test_a_corrupt_checkpoint_state_file_resumes_from_the_newest_checkpoint_on_disk(tiny_data_dir, finished_run,
                                                                                      capsys):
-    out = tmp_path / "run"
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "2") == 0
+    out = finished_run
     rows = rundir.read_metrics_rows(out)
     (out / rundir.CHECKPOINTS / "checkpoint").write_bytes(b"\x00garbage{{")
     capsys.readouterr()
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "2") == 0
+    assert run(tiny_data_dir, out, *FINISHED) == 0
     printed = capsys.readouterr().out
     assert "newest checkpoint on disk" in printed and "is finished" in printed
     assert rundir.read_metrics_rows(out) == rows  # no epoch trained again
@@ -190,17 +208,17 @@ def test_a_damaged_data_file_or_folder_is_one_clear_line(tiny_dataset, tmp_path,
     assert "pickle" not in message
 
 
-def test_model_files_deleted_from_a_finished_run_are_rewritten_from_its_checkpoint(tiny_data_dir, tmp_path, capsys):
+def test_model_files_deleted_from_a_finished_run_are_rewritten_from_its_checkpoint(tiny_data_dir, finished_run,
+                                                                                   capsys):
     import evaluate
 
-    out = tmp_path / "run"
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    out = finished_run
     before = (out / rundir.CLASSIFIER).read_bytes()
     (out / rundir.CLASSIFIER).unlink()
     capsys.readouterr()
     assert evaluate.main(["--model", str(out), "--data-dir", str(tiny_data_dir)]) == 1
     assert "without classifier.keras: rerun train.py" in capsys.readouterr().err
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    assert run(tiny_data_dir, out, *FINISHED) == 0
     assert "rewrote classifier.keras from the checkpoint" in capsys.readouterr().out
     import keras
 
@@ -210,22 +228,21 @@ def test_model_files_deleted_from_a_finished_run_are_rewritten_from_its_checkpoi
         rewritten.get_weights(), models.classifier_from(discriminator).get_weights()))
 
 
-def test_resuming_on_other_data_is_refused(tiny_data_dir, tmp_path, capsys):
+def test_resuming_on_other_data_is_refused(tiny_data_dir, finished_run, tmp_path, capsys):
     from conftest import make_images
 
-    out = tmp_path / "run"
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0
+    out = finished_run
     other = tmp_path / "other"
     other.mkdir()
     for split, seed in (("train", 5), ("test", 6)):
         x, y = make_images(512 if split == "train" else 128, seed=seed)
         np.savez(other / f"tiny_{split}.npz", x=x, y=y)
     rows = rundir.read_metrics_rows(out)
-    assert run(other, out, "--method", "pgd-at", "--epochs", "1") == 1
+    assert run(other, out, *FINISHED) == 1
     err = capsys.readouterr().err
     assert "was trained on other data" in err and "same --data-dir" in err
     assert rundir.read_metrics_rows(out) == rows
-    assert run(tiny_data_dir, out, "--method", "pgd-at", "--epochs", "1") == 0  # its own data: fine
+    assert run(tiny_data_dir, out, *FINISHED) == 0  # its own data: fine
 
 
 def test_missing_data_file_gives_one_clear_line(tmp_path, capsys):

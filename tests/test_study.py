@@ -3,6 +3,7 @@ import json
 import os
 import sys
 import time
+import types
 
 import keras
 import numpy as np

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robgan_tf import data, distribute, methods, rundir, trainer
+from robgan_tf import data, distribute, methods, recipes, rundir, trainer
 from robgan_tf.plots import plt  # matplotlib with the Agg backend
 
 COTRAINED = "cotrained"  # in a study's Rob-GAN run: its checkpoint at the end of co-training
@@ -35,7 +35,7 @@ def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose
         batch = config.batch_size * stage.batches_per_step(config)
         with tempfile.TemporaryDirectory() as scratch:
             held_out = (dataset.x_train[:config.batch_size], dataset.y_train[:config.batch_size])
-            callbacks = stage.callbacks(methods.StageContext(config, scratch, held_out, stage.name))
+            callbacks = stage.callbacks(recipes.StageContext(config, scratch, held_out, stage.name))
             skip = warmup + max((getattr(c, "every", 0) for c in callbacks), default=0)
             n = skip + steps + 1
             x, y = dataset.x_train[:batch * n], dataset.y_train[:batch * n]

@@ -69,15 +69,16 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 class EpochReport(keras.callbacks.Callback):
     """At each epoch end: one row of metrics.csv and, when there is a `quality` scorer, a sample
-    grid and generator quality (`quality(generator)`, with a loud collapse warning), which also
+    grid and the quality (`quality(generator)`, with a loud collapse warning) of `sampler()`, the
+    generator to draw from (G, or G's weight average), which also
     go to the epoch logs, every `score_every` epochs and at the last. The row holds every metric
     the stage declares (`columns` must have them)."""
 
-    def __init__(self, out_dir, stage, epoch_offset, generator, quality, class_names, columns, score_every=1,
+    def __init__(self, out_dir, stage, epoch_offset, sampler, quality, class_names, columns, score_every=1,
                  stage_epochs=None):
         super().__init__()
         self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
-        self.generator, self.quality, self.class_names, self.columns = generator, quality, class_names, columns
+        self.sampler, self.quality, self.class_names, self.columns = sampler, quality, class_names, columns
         self.score_every, self.stage_epochs = score_every, stage_epochs
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -88,10 +89,11 @@ class EpochReport(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         row = {k: float(np.asarray(v)) for k, v in logs.items()}  # the stage's metrics: all of them
         if self.quality is not None and (number % self.score_every == 0 or epoch + 1 == self.stage_epochs):
-            sample_grid(self.generator, self.class_names,
+            generator = self.sampler()
+            sample_grid(generator, self.class_names,
                         os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
                         title=f"{self.stage} epoch {number}")
-            quality = self.quality(self.generator)
+            quality = self.quality(generator)
             print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
                   f"sample diversity {quality['sample_diversity']:.2f} of real")
             warning = collapse_warning(quality)

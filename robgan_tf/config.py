@@ -86,6 +86,11 @@ class Config:
                                    "(SN-GAN, BigGAN)", choices=("bce", "hinge"))
     g_class_weight: float = setting(1.0, "weight of G's class loss (AC-GAN's term; below 1 pulls G less towards "
                                          "one template per class)", NON_NEGATIVE)
+    projection: bool = setting(False, "D's real/fake logit linear(h) + <embed(y), h> (the projection "
+                                      "discriminator, Miyato & Koyama 2018) instead of linear(h)")
+    g_ema_decay: float = setting(0.0, "decay of an exponential moving average of G's weights (BigGAN: 0.999); "
+                                      "the average draws the samples, fine-tuning's fakes, the metrics and "
+                                      "generator.keras (0: off)", FRACTION)
     diffaugment: str = setting("", "DiffAugment (Zhao et al. 2020) of what D's real/fake head sees, in D's and G's "
                                    "updates: a comma list of color, translation, cutout (for small training sets)")
     lam: float = setting(0.5, "weight of CE on attacked generated images in fine-tuning", NON_NEGATIVE)

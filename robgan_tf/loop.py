@@ -15,19 +15,20 @@ class StageRunner:
     epoch first finishes on its own, on the very batches it had left."""
 
     def __init__(self, strategy, progress, manager, save_models, class_names, out_dir, checkpoint_every,
-                 columns, verbose, validation=None, score_every=1):
+                 columns, verbose, validation=None, score_every=1, sampler=None):
         self.strategy, self.progress, self.manager, self.save_models = strategy, progress, manager, save_models
         self.class_names, self.out_dir, self.columns = class_names, out_dir, columns
         self.checkpoint_every, self.verbose = checkpoint_every, verbose
         self.validation = validation  # ValidationCheck(stage, epoch_offset), or None
         self.score_every = score_every
+        self.sampler = sampler  # the generator to draw and score (G, or its weight average), or None
 
     def run(self, model, train_data, stage, epochs, epoch_offset, quality, extra_callbacks=()):
         """Trains `model` (a compiled train-step model) on `train_data` up to `epochs` epochs of
         this stage; `quality(generator)` scores G at each epoch end when given. An epoch's row and
         grid are written before its checkpoint, so a kill between them redoes the epoch's report."""
         guard = NonFiniteGuard([k for k in LOSSES if k in model.metric_names], self.out_dir)
-        report = EpochReport(self.out_dir, stage, epoch_offset, model.generator, quality, self.class_names,
+        report = EpochReport(self.out_dir, stage, epoch_offset, self.sampler, quality, self.class_names,
                              self.columns, self.score_every, epochs)
         board = keras.callbacks.TensorBoard(os.path.join(self.out_dir, rundir.LOGS, stage))
         validate = [self.validation(stage, epoch_offset)] if self.validation else []  # its numbers go in the row

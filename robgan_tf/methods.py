@@ -1,100 +1,23 @@
 """The method registry: each training method declared in one place.
 
-A `Method` lists its stages (each a train-step class, how to build and compile it, its epochs,
-batches per step and callbacks), its optimizers and schedules, the settings it fixes or does not
-use, its own checks and its per-dataset default overrides. `trainer.train` runs a method's
+A `Method` (recipes.py) lists its stages (each a train-step class, how to build and compile it,
+its epochs, batches per step and callbacks), its optimizers and schedules, the settings it fixes
+or does not use, its own checks and its per-dataset default overrides. `trainer.train` runs a method's
 stages in order; nothing outside this module asks which method it runs. To add a method, add an
-entry to METHODS (and its train-step class to training.py).
+entry to METHODS (and its train-step class to training.py, or gan_training.py for a GAN).
 """
 
 import dataclasses
-from typing import Callable
 
 import keras
 
 from robgan_tf import config as cfg
-from robgan_tf import diffaugment, distribute, quality, rundir
+from robgan_tf import diffaugment, distribute, rundir
 from robgan_tf.callbacks import OverfitGuard
+from robgan_tf.recipes import Method, Stage
 from robgan_tf.schedules import CyclicLR
-from robgan_tf.training import TRADES, AdversarialTraining, ConditionalGAN, FineTuner, RobGAN
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    """The models of a run, built once: G (None when a method has none), D and its classifier;
-    with --ema-decay, the classifier's weight average and `kept`, the model it is copied into
-    (else `kept` is the classifier): what is validated, evaluated, saved and exported."""
-
-    generator: keras.Model | None
-    discriminator: keras.Model
-    classifier: keras.Model
-    average: object = None
-    kept: keras.Model | None = None
-
-    def keep(self):
-        """Puts the weights to keep into `kept` (the average, if there is one) and returns it."""
-        if self.average is not None:
-            self.average.copy_to(self.kept)
-        return self.kept or self.classifier
-
-
-@dataclasses.dataclass(frozen=True)
-class StageContext:
-    """What a stage's callbacks may need: the run's settings, directory, held-out examples, the stage."""
-
-    config: cfg.Config
-    out_dir: str
-    held_out: tuple | None
-    stage: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One stage of a method: its name (in metrics.csv, logs/ and the progress bar), its
-    train-step class and how to build and compile it, its epochs, the batches each step takes,
-    whether eps warms up, what it does with G ("trained": scored and drawn every epoch;
-    "frozen": scores kept from before), whether its batches take --synthetic images and its
-    extra callbacks."""
-
-    name: str
-    step_class: type
-    build: Callable
-    epochs: Callable[[cfg.Config], int]
-    batches_per_step: Callable[[cfg.Config], int] = lambda config: 1
-    warms_up: bool = True
-    generator: str | None = None
-    synthetic: bool = False
-    callbacks: Callable[[StageContext], list] = lambda context: []
-
-    def model(self, parts, optimizers, config, eps_warmup_steps=0):
-        """The compiled train-step model of this stage over the run's `parts` and `optimizers`."""
-        return self.build(self.step_class, parts, optimizers, config, eps_warmup_steps)
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """A training method: its stages, optimizers (`optimizers(config, parts, steps)` with the
-    optimizer steps of each stage), whether it trains a generator, the settings it fixes
-    (`fixed(config)`), those it does not use (name: why) and refuses when set, extra checks,
-    its per-dataset defaults, and how many training images it holds out for its callbacks."""
-
-    name: str
-    summary: str
-    stages: tuple
-    optimizers: Callable
-    trains_generator: bool = False
-    fixed: Callable[[cfg.Config], dict] = lambda config: {}
-    unused: dict = dataclasses.field(default_factory=dict)
-    check: Callable[[cfg.Config], None] = lambda config: None
-    defaults: dict = dataclasses.field(default_factory=dict)
-    held_out: Callable[[cfg.Config], int] = lambda config: 0
-
-    def metric_columns(self):
-        """metrics.csv's columns for this method: its stages' declared metrics, and the
-        generator's quality scores when a stage draws from G."""
-        names = dict.fromkeys(n for stage in self.stages for n in stage.step_class.metric_names)
-        scored = any(stage.generator for stage in self.stages)
-        return rundir.ROW_KEYS + tuple(names) + (quality.COLUMNS if scored else ())
+from robgan_tf.gan_training import ConditionalGAN, FineTuner, RobGAN
+from robgan_tf.training import TRADES, AdversarialTraining
 
 
 def adam(config, learning_rate, variables):
@@ -125,12 +48,13 @@ def _cotrain(step_class, parts, optimizers, config, warmup):
                        fake_class_weight=config.fake_class_weight, n_dis=config.n_dis,
                        real_rf_input=config.real_rf_input, gan_loss=config.gan_loss,
                        g_class_weight=config.g_class_weight, diffaugment=diffaugment.parse(config.diffaugment),
-                       average=parts.average, **attack_settings(config, warmup))
+                       generator_average=parts.generator_average, average=parts.average,
+                       **attack_settings(config, warmup))
     return _compile(model, config, d_optimizer=optimizers["d_optimizer"], g_optimizer=optimizers["g_optimizer"])
 
 
 def _finetune(step_class, parts, optimizers, config, warmup):
-    model = step_class(parts.generator, parts.classifier, lam=config.lam, gen_ratio=config.gen_ratio,
+    model = step_class(parts.sampler(), parts.classifier, lam=config.lam, gen_ratio=config.gen_ratio,
                        average=parts.average, **attack_settings(config, warmup))
     return _compile(model, config, optimizer=optimizers["ft_optimizer"])
 
@@ -231,7 +155,7 @@ def _baseline_check(config):
 
 _GAN_ONLY = {name: "it sets Rob-GAN's generator, discriminator or fine-tuning; a baseline trains a classifier "
                    "alone" for name in ("spectral_norm", "n_dis", "real_rf_input", "fake_class_weight", "gan_loss",
-                                        "g_class_weight", "diffaugment", "lam",
+                                        "g_class_weight", "diffaugment", "projection", "g_ema_decay", "lam",
                                         "g_lr", "finetune_lr", "finetune_epochs")}
 _BASELINE_FIXED = dict(spectral_norm="head", n_dis=1, finetune_epochs=0)  # a baseline's D: no spectral norm
 
@@ -251,7 +175,6 @@ def _overfit_guard(context):
     return [OverfitGuard(*context.held_out, context.config.eps, context.config.seed,
                          record=lambda fired: rundir.write_early_stop(context.out_dir,
                                                                       {**fired, "stage": context.stage}))]
-
 
 
 METHODS = {m.name: m for m in (

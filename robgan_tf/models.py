@@ -1,7 +1,8 @@
 """SN-GAN style ResNet generator and two-headed discriminator for Rob-GAN.
 
 Both models take and give images as float32 in [0, 1]; rescaling to [-1, 1] happens inside.
-The discriminator returns {"adv": real/fake logit (N, 1), "cls": class logits (N, K)};
+The discriminator returns {"adv": real/fake logit (N, 1), "cls": class logits (N, K)}; with a
+projection head it takes [images, labels], since its real/fake logit depends on the label.
 `classifier_from` cuts out the class head, which is the robust classifier we export.
 """
 
@@ -149,6 +150,33 @@ class GlobalSumPooling(layers.Layer):
         return (input_shape[0], input_shape[3])
 
 
+@keras.saving.register_keras_serializable("robgan_tf")
+class Projection(layers.Layer):
+    """The projection discriminator's label term (Miyato & Koyama 2018): <embed(y), h>, shape (N, 1);
+    call([h, y]). embed(y) = onehot(y)·W, so that W can be spectrally normalised with the rest of
+    the real/fake head (as SN-GAN does), which Keras' wrapper does not do for an Embedding."""
+
+    def __init__(self, num_classes, channels, spectral_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.channels, self.spectral_norm = num_classes, channels, spectral_norm
+        self.embed = _maybe_sn(layers.Dense(channels, use_bias=False), spectral_norm)
+
+    def build(self, input_shape):
+        self.embed.build((None, self.num_classes))
+
+    def call(self, inputs):
+        features, labels = inputs
+        embedded = self.embed(ops.one_hot(ops.cast(labels, "int32"), self.num_classes, dtype=features.dtype))
+        return ops.sum(embedded * features, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels,
+                "spectral_norm": self.spectral_norm}
+
+
 def start_size(image_size):
     """Smallest map the generator starts from, and how many 2x up-samplings reach image_size."""
     h, w = image_size
@@ -175,8 +203,9 @@ def build_generator(image_shape, num_classes, width=64, z_dim=128):
     return keras.Model([z, y], image, name="generator")
 
 
-def build_discriminator(image_shape, num_classes, width=64, depth=4, spectral_norm="none"):
-    """D(x): `depth` residual blocks (the first two halve the size), ReLU, sum pooling, two heads."""
+def build_discriminator(image_shape, num_classes, width=64, depth=4, spectral_norm="none", projection=False):
+    """D(x): `depth` residual blocks (the first two halve the size), ReLU, sum pooling, two heads;
+    with `projection`, D([x, y]) whose real/fake logit is linear(h) + <embed(y), h>."""
     if spectral_norm not in SPECTRAL_NORM_CHOICES:
         raise ValueError(f"spectral_norm must be one of {SPECTRAL_NORM_CHOICES}, got {spectral_norm!r}")
     if depth < 1:
@@ -191,13 +220,21 @@ def build_discriminator(image_shape, num_classes, width=64, depth=4, spectral_no
     # Heads in float32 so that logits stay float32 under a mixed-precision policy.
     adv = (layers.SpectralNormalization(layers.Dense(1, dtype="float32"), name="adv", dtype="float32")
            if spectral_norm != "none" else layers.Dense(1, name="adv", dtype="float32"))
-    outputs = {"adv": adv(features), "cls": layers.Dense(num_classes, name="cls", dtype="float32")(features)}
-    return keras.Model(x, outputs, name="discriminator")
+    rf_logit = adv(features)
+    inputs = x
+    if projection:
+        label = keras.Input((), dtype="int32", name="label")
+        rf_logit = layers.Add(name="adv_projected", dtype="float32")(
+            [rf_logit, Projection(num_classes, width, spectral_norm != "none", name="projection", dtype="float32")(
+                [features, label])])
+        inputs = [x, label]
+    outputs = {"adv": rf_logit, "cls": layers.Dense(num_classes, name="cls", dtype="float32")(features)}
+    return keras.Model(inputs, outputs, name="discriminator")
 
 
 def classifier_from(discriminator):
     """The robust classifier: D's trunk and class head, returning logits (shares D's weights)."""
-    return keras.Model(discriminator.input, discriminator.get_layer("cls").output, name="classifier")
+    return keras.Model(discriminator.inputs[0], discriminator.get_layer("cls").output, name="classifier")
 
 
 def float32_copy(model):

@@ -11,7 +11,7 @@ import time
 
 import keras
 
-from robgan_tf import data, distribute, evaluation, methods, models, quality, rundir
+from robgan_tf import data, distribute, evaluation, methods, models, quality, recipes, rundir
 from robgan_tf.attacks import default_step_size
 from robgan_tf.averaging import WeightAverage
 from robgan_tf.callbacks import ValidationCheck
@@ -58,12 +58,13 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     progress = rundir.Progress()
     trained = {"discriminator": parts.discriminator, **({"generator": parts.generator}
                                                         if method.trains_generator else {}),
-               **({"average": parts.average} if parts.average is not None else {})}
+               **({"average": parts.average} if parts.average is not None else {}),
+               **({"generator_average": parts.generator_average} if parts.generator_average is not None else {})}
     manager = rundir.checkpoint_manager(own_dir, progress, restore_from=out_dir, **trained, **optimizers)
 
     def save_models():
         named = [(parts.discriminator, rundir.DISCRIMINATOR), (parts.keep(), rundir.CLASSIFIER)]
-        for model, name in named + ([(parts.generator, rundir.GENERATOR)] if parts.generator is not None else []):
+        for model, name in named + ([(parts.sampler(), rundir.GENERATOR)] if parts.generator is not None else []):
             rundir.save_model(model, own_dir, name)
 
     if progress.stage_index >= len(method.stages) and os.path.exists(os.path.join(own_dir, rundir.METRICS_JSON)):
@@ -85,14 +86,14 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     def frozen_scores(_=None):
         """G's scores once it no longer changes (computed once)."""
         if scorer is not None and not scores:
-            scores.update(scorer(parts.generator))
+            scores.update(scorer(parts.sampler()))
         return scores
 
     columns = method.metric_columns() + (VALIDATION_COLUMNS if config.val_examples else ())
     validate = (functools.partial(ValidationCheck, parts.kept or parts.classifier, parts.keep, *validation,
                                   config.eps, own_dir, seed=config.seed) if config.val_examples else None)
     runner = StageRunner(strategy, progress, manager, save_models, dataset.class_names, own_dir,
-                         config.checkpoint_every, columns, verbose, validate, config.score_every)
+                         config.checkpoint_every, columns, verbose, validate, config.score_every, parts.sampler)
     started = time.time()
     while progress.stage_index < len(method.stages):
         index = progress.stage_index
@@ -105,7 +106,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
                 model = stage.model(parts, optimizers, config, warmup if stage.warms_up else 0)
             score = {"trained": scorer, "frozen": frozen_scores}.get(stage.generator)
             offset = sum(s.epochs(config) for s in method.stages[:index])
-            context = methods.StageContext(config, own_dir, held_out, stage.name)
+            context = recipes.StageContext(config, own_dir, held_out, stage.name)
             runner.run(model, stage_steps, stage.name, epochs, offset, score, stage.callbacks(context))
         progress.next_stage()
         manager.save()
@@ -134,22 +135,27 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
 def build_parts(config, dataset, method):
     """The models of a run, built once (inside the strategy's scope and dtype policy): D, its
     classifier, G (trained by the method, or a baseline's frozen --generator, or None), and with
-    --ema-decay the classifier's weight average and a classifier of its own to hold it."""
+    --ema-decay the classifier's weight average and a classifier of its own to hold it (with
+    --g-ema-decay, the same for G)."""
     # Spectral norm is a GAN setting: a baseline's D has it on the real/fake head only (methods.py
     # fixes it), so that runs made before stay loadable.
     def classifier():
         discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config.width,
-                                                   config.depth, config.spectral_norm)
+                                                   config.depth, config.spectral_norm, config.projection)
         return discriminator, models.classifier_from(discriminator)
 
     discriminator, trained = classifier()
+    generator, generator_average, sampled = None, None, None
     if method.trains_generator:
-        generator = models.build_generator(dataset.image_shape, dataset.num_classes, config.g_width, config.z_dim)
-    else:
-        generator = frozen_generator(config.generator, dataset) if config.gen_ratio else None
-    if not config.ema_decay:
-        return methods.Parts(generator, discriminator, trained)
-    return methods.Parts(generator, discriminator, trained, WeightAverage(trained, config.ema_decay), classifier()[1])
+        def build_generator():
+            return models.build_generator(dataset.image_shape, dataset.num_classes, config.g_width, config.z_dim)
+        generator = build_generator()
+        if config.g_ema_decay:
+            generator_average, sampled = WeightAverage(generator, config.g_ema_decay), build_generator()
+    elif config.gen_ratio:
+        generator = frozen_generator(config.generator, dataset)
+    average, kept = (WeightAverage(trained, config.ema_decay), classifier()[1]) if config.ema_decay else (None, None)
+    return recipes.Parts(generator, discriminator, trained, average, kept, generator_average, sampled)
 
 
 def keep_best(parts, out_dir):

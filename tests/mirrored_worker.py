@@ -15,7 +15,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from conftest import make_images  # noqa: E402
 from robgan_tf import data, methods, models, trainer  # noqa: E402
-from robgan_tf.training import FineTuner  # noqa: E402
+from robgan_tf.gan_training import FineTuner  # noqa: E402
 
 
 def one_finetune_step(strategy, x, y):

@@ -1,11 +1,16 @@
-"""The options that make G a better source of data: DiffAugment, the hinge loss, G's class weight."""
+"""The options that make G a better source of data: DiffAugment, the hinge loss, G's class weight,
+the projection head and G's weight average."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from robgan_tf import diffaugment, losses, methods, models
-from robgan_tf.training import RobGAN
+import train
+from robgan_tf import diffaugment, losses, methods, models, rundir, trainer
+from robgan_tf.gan_training import RobGAN
+
+from conftest import TINY_TRAIN_ARGS
 
 SEED = tf.constant([3, 4], tf.int64)
 
@@ -57,7 +62,6 @@ def test_robgan_step_with_hinge_and_diffaugment_updates_both_models(tiny_dataset
     generator = models.build_generator((16, 16, 1), 4, width=4, z_dim=8)
     model = RobGAN(generator, discriminator, models.classifier_from(discriminator), eps=0.1, pgd_steps=1,
                    gan_loss="hinge", g_class_weight=0.5, diffaugment=diffaugment.POLICIES)
-    import keras
     model.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
     before = [v.numpy().copy() for v in generator.trainable_variables + discriminator.trainable_variables]
     x = tf.constant(tiny_dataset.x_train[:8] / 255.0, tf.float32)
@@ -81,3 +85,43 @@ def test_diffaugment_and_its_gradient_compile_with_xla():
     compiled = grad(x).numpy()  # (XLA may draw other random numbers than the CPU kernels: compare shapes only)
     assert compiled.shape == x.shape and np.isfinite(compiled).all() and np.abs(compiled).sum() > 0
     np.testing.assert_array_equal(compiled, grad(x).numpy())  # one seed, one result
+
+
+def test_the_projection_head_uses_the_label_and_is_trained(tiny_dataset):
+    discriminator = models.build_discriminator((16, 16, 1), 4, width=4, depth=2, spectral_norm="all",
+                                               projection=True)
+    x = tf.constant(tiny_dataset.x_train[:8] / 255.0, tf.float32)
+    y = tf.constant(tiny_dataset.y_train[:8].astype(np.int32))
+    one, other = discriminator([x, y]), discriminator([x, (y + 1) % 4])
+    assert not np.allclose(one["adv"].numpy(), other["adv"].numpy())  # the real/fake logit reads the label
+    np.testing.assert_array_equal(one["cls"].numpy(), other["cls"].numpy())  # the class logits do not
+    classifier = models.classifier_from(discriminator)
+    np.testing.assert_allclose(classifier(x).numpy(), one["cls"].numpy(), rtol=1e-6)  # images in, logits out
+    # a co-training step moves the label embedding
+    generator = models.build_generator((16, 16, 1), 4, width=4, z_dim=8)
+    model = RobGAN(generator, discriminator, classifier, eps=0.1, pgd_steps=1, gan_loss="hinge")
+    model.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
+    embedding = discriminator.get_layer("projection").trainable_variables
+    before = [v.numpy().copy() for v in embedding]
+    model.train_step((x, y))
+    assert embedding and all(not np.array_equal(b, v.numpy()) for b, v in zip(before, embedding))
+
+
+def test_the_generator_average_draws_scores_and_is_saved(tiny_data_dir, tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(TINY_TRAIN_ARGS + ["--data-dir", str(tiny_data_dir), "--out", str(out), "--epochs", "2",
+                                         "--finetune-epochs", "1", "--projection", "--g-ema-decay", "0.9"]) == 0
+    # the run's models as the checkpoint holds them: G, and G's average
+    config = rundir.read_config(str(out))[0]
+    parts = trainer.build_parts(config, tiny_dataset, methods.get("robgan"))
+    tf.train.Checkpoint(generator=parts.generator, generator_average=parts.generator_average).restore(
+        tf.train.latest_checkpoint(str(out / rundir.CHECKPOINTS))).expect_partial()
+    sampled = parts.sampler()
+    saved = keras.saving.load_model(out / rundir.GENERATOR).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(saved, sampled.get_weights()))  # generator.keras: the average
+    assert not all(np.allclose(a, b) for a, b in zip(saved, parts.generator.get_weights()))  # not G itself
+    # fine-tuning draws its fakes from the average
+    stage = methods.get("robgan").stages[1]
+    optimizers = methods.get("robgan").optimizers(config, parts, {"finetune": 1})
+    assert stage.model(parts, optimizers, config).generator is sampled
+    assert (out / rundir.SAMPLES / "epoch_003.png").is_file()

@@ -32,7 +32,7 @@ def test_constant_gray_generator_is_reported_as_collapsed(tiny_dataset, trained_
     assert quality.collapse_warning(scores) is not None
 
     (tmp_path / rundir.SAMPLES).mkdir()
-    report = EpochReport(str(tmp_path), "cotrain", 0, gray, scorer, tiny_dataset.class_names,
+    report = EpochReport(str(tmp_path), "cotrain", 0, lambda: gray, scorer, tiny_dataset.class_names,
                          methods.get("robgan").metric_columns())
     report.on_epoch_begin(0)
     report.on_epoch_end(0, {"d_loss": 1.0})

@@ -159,7 +159,7 @@ def test_synthetic_data_and_on_the_fly_mixing_are_refused_together(tiny_data_dir
 
 
 def test_the_plain_conditional_gan_trains_on_clean_images(tiny_dataset):
-    from robgan_tf.training import ConditionalGAN
+    from robgan_tf.gan_training import ConditionalGAN
 
     x = tf.constant(tiny_dataset.x_train[:8] / 255.0, tf.float32)
     discriminator = models.build_discriminator((16, 16, 1), 4, 4, 2)

@@ -6,7 +6,8 @@ import tensorflow as tf
 from robgan_tf import data, models
 from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.schedules import CyclicLR
-from robgan_tf.training import TRADES, AdversarialTraining, FineTuner, RobGAN
+from robgan_tf.gan_training import FineTuner, RobGAN
+from robgan_tf.training import TRADES, AdversarialTraining
 
 
 def _models(ds, spectral_norm="head"):

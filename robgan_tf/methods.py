@@ -17,7 +17,7 @@ from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.recipes import Method, Stage
 from robgan_tf.schedules import CyclicLR
 from robgan_tf.gan_training import ConditionalGAN, FineTuner, RobGAN
-from robgan_tf.training import TRADES, AdversarialTraining
+from robgan_tf.training import TRADES, AdversarialTraining, NoiseFGSM
 
 
 def adam(config, learning_rate, variables):
@@ -187,6 +187,9 @@ METHODS = {m.name: m for m in (
               unused={**_NOT_TRADES, "pgd_steps": "its one step is 1.25 x eps",
                       "pgd_step_size": "its one step is 1.25 x eps"},
               callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
+    _baseline("n-fgsm", "N-FGSM (de Jorge et al. 2022): one step of eps from noise uniform in ±2 eps, not projected "
+                        "back to the eps-ball", NoiseFGSM, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=c.eps),
+              unused={**_NOT_TRADES, "pgd_steps": "its one step is eps", "pgd_step_size": "its one step is eps"}),
     _baseline("trades", "TRADES (Zhang et al. 2019): CE on clean images + beta KL to the attacked ones", TRADES,
               extra={"beta": lambda c: c.beta}),
 )}

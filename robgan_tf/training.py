@@ -184,3 +184,14 @@ class TRADES(_ClassifierStage):
         return self.record(loss=tf.reduce_mean(per_example), clean_acc=accuracy(y, clean_logits),
                            adv_acc=accuracy(y, adv_logits), eps=eps)
 
+
+class NoiseFGSM(AdversarialTraining):
+    """N-FGSM (de Jorge et al. 2022): cross-entropy on x + δ + eps·sign(∇), δ uniform in ±2·eps, not
+    projected back to the eps-ball (the images stay within 3·eps of x, and in [0, 1]). Its stronger
+    noise and missing projection are what keep single-step training from overfitting catastrophically."""
+
+    def attack(self, x, y, eps, seed, **kwargs):
+        start = x + tf.random.stateless_uniform(tf.shape(x), seed, -2.0 * eps, 2.0 * eps)
+        # one PGD step of eps in the 3·eps-ball, which no such step can leave: no projection
+        return self._attack(self._logits, x, y, 3.0 * eps, 1, eps, seed, loss_scale=self.attack_loss_scale,
+                            x_init=start)

@@ -15,21 +15,27 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from conftest import make_images  # noqa: E402
 from robgan_tf import data, methods, models, trainer  # noqa: E402
+from robgan_tf.averaging import WeightAverage  # noqa: E402
 from robgan_tf.gan_training import FineTuner  # noqa: E402
 
 
 def one_finetune_step(strategy, x, y):
-    """Weight updates of one deterministic SGD step (eps 0, lam 0) under `strategy`."""
+    """Weight updates of one deterministic SGD step (eps 0, lam 0) under `strategy`, and the
+    moves of the weights' average (decay 0.5: after one step it is halfway)."""
     keras.utils.set_random_seed(1)
     with strategy.scope():
         g = models.build_generator((16, 16, 1), 4, width=4, z_dim=8)
         d = models.build_discriminator((16, 16, 1), 4, width=4, depth=2)
-        model = FineTuner(g, models.classifier_from(d), eps=0.0, pgd_steps=0, lam=0.0)
+        classifier = models.classifier_from(d)
+        average = WeightAverage(classifier, 0.5)
+        model = FineTuner(g, classifier, eps=0.0, pgd_steps=0, lam=0.0, average=average)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     before = [v.numpy() for v in model.classifier.trainable_variables]
+    averaged = [a.numpy() for a in average.averages]
     history = model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0).history
     updates = [v.numpy() - b for v, b in zip(model.classifier.trainable_variables, before)]
-    return updates, history["loss"][-1]
+    moves = [a.numpy() - b for a, b in zip(average.averages, averaged)]
+    return updates + moves, history["loss"][-1]
 
 
 if sys.argv[1] == "reduce":
@@ -48,5 +54,6 @@ else:  # train OUT_DIR: a whole tiny run through trainer.train with --distribute
     dataset = data.Dataset("tiny", train_x, train_y, test_x, test_y)
     config = methods.config_for("tiny", "robgan", {"width": 4, "g_width": 4, "depth": 2,
               "batch_size": 32, "pgd_steps": 2, "eps": 0.1, "epochs": 1, "finetune_epochs": 1,
-              "eval_examples": 40, "distribute": "mirrored"})
+              "eval_examples": 40, "distribute": "mirrored", "ema_decay": 0.9, "g_ema_decay": 0.9,
+              "projection": True})
     print(json.dumps(trainer.train(config, dataset, sys.argv[2], verbose=0)))

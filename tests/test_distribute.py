@@ -21,7 +21,8 @@ def _worker(*args):
 
 
 def test_mirrored_losses_reduce_like_a_single_device():
-    """Losses average over the global batch: one SGD step on 2 replicas equals one on 1 device."""
+    """Losses average over the global batch: one SGD step on 2 replicas equals one on 1 device, and
+    so does the step of the weights' average (kept by the first replica)."""
     report = _worker("reduce")
     assert report["replicas"] == 2
     # A wrong reduction (sum instead of mean) would make the updates differ by their own size.
@@ -29,7 +30,7 @@ def test_mirrored_losses_reduce_like_a_single_device():
     assert math.isclose(report["loss_single"], report["loss_double"], rel_tol=1e-5)
 
 
-def test_mirrored_run_trains_both_stages(tmp_path):
+def test_mirrored_run_trains_both_stages_with_both_averages_and_projection(tmp_path):
     metrics = _worker("train", str(tmp_path / "run"))
     assert all(math.isfinite(metrics[k]) for k in ("clean_accuracy", "pgd20_accuracy", "gan_test_accuracy"))
     assert (tmp_path / "run" / "classifier.keras").is_file()
@@ -57,7 +58,7 @@ def test_multiworker_two_local_workers_finish_with_identical_weights(tiny_data_d
         env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         args = TINY_TRAIN_ARGS + ["--data-dir", str(tiny_data_dir), "--out", str(out), "--epochs", "1",
-                                  "--finetune-epochs", "1", "--distribute", "multiworker"]
+                                  "--finetune-epochs", "1", "--distribute", "multiworker", "--ema-decay", "0.9"]
         workers.append(subprocess.Popen([sys.executable, os.path.join(root, "train.py"), *args], cwd=tmp_path,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [w.communicate(timeout=600)[0] for w in workers]

@@ -37,6 +37,7 @@ class StageRunner:
         def fit(first, last, skip=0):
             ckpt = StepCheckpoint(self.manager, self.progress, self.checkpoint_every, steps, self.save_models,
                                   batch_offset=skip)
+            report.resumed_at = skip  # its row covers the batches from `skip` on: say so
             distribute.fit(self.strategy, model, train_data.epochs(first, last, skip), first, last, steps - skip,
                            [*validate, guard, report, ckpt, board, *extra_callbacks], self.verbose)
 

@@ -95,7 +95,10 @@ class GeneratorBlock(layers.Layer):
 class DiscriminatorBlock(layers.Layer):
     """Residual block (ReLU-conv-ReLU-conv [avg-pool]) with a 1x1 shortcut when shapes change.
 
-    `first=True` is SN-GAN's optimised first block: no leading ReLU, shortcut pools first.
+    `first=True` is SN-GAN's optimised first block: no leading ReLU. Every shortcut convolves,
+    then pools: the same function as pooling first (both are linear), and it leaves no conv + bias
+    feeding the sum straight into the next block's shortcut conv, a pattern on which Grappler's
+    remapper fails ("remapper failed: ... Mutation::Apply error") and drops its fusions.
     """
 
     def __init__(self, channels, downsample=True, first=False, spectral_norm=False, **kwargs):
@@ -111,8 +114,7 @@ class DiscriminatorBlock(layers.Layer):
         input_shape = tuple(input_shape)
         if self.first or self.downsample or input_shape[-1] != self.channels:
             self.shortcut = _maybe_sn(layers.Conv2D(self.channels, 1), self.spectral_norm)
-            pooled = (input_shape[0], input_shape[1] // 2, input_shape[2] // 2, input_shape[3])
-            self.shortcut.build(pooled if self.first else input_shape)
+            self.shortcut.build(input_shape)
         self.conv1.build(input_shape)
         self.conv2.build(input_shape[:3] + (self.channels,))
 
@@ -122,9 +124,7 @@ class DiscriminatorBlock(layers.Layer):
         if self.downsample:
             h = self.pool(h)
         skip = x
-        if self.first:
-            skip = self.shortcut(self.pool(x), training=training)
-        elif self.shortcut is not None:
+        if self.shortcut is not None:
             skip = self.shortcut(x, training=training)
             if self.downsample:
                 skip = self.pool(skip)

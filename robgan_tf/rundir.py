@@ -33,7 +33,9 @@ SAMPLES = "samples"
 LOGS = "logs"
 CHECKPOINTS = "ckpt"
 
-ROW_KEYS = ("stage", "epoch", "seconds")  # every metrics.csv row; the rest is the method's (Method.metric_columns)
+# every metrics.csv row's (the rest is the method's, Method.metric_columns); resumed_at_batch k marks an epoch
+# resumed after a kill at batch k: its metrics and seconds cover its batches from k on only (else empty)
+ROW_KEYS = ("stage", "epoch", "seconds", "resumed_at_batch")
 
 
 class RunDirError(ValueError):

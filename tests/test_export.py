@@ -103,19 +103,35 @@ print(json.dumps(out))
     np.testing.assert_array_equal(served["adv"].argmax(1), keras_adv.argmax(1))
 
 
+@pytest.mark.parametrize("signature, shape", [
+    ("serving_default", (2, 32, 32, 1)),  # the network alone (global sum pooling) takes any size
+    ("serving_default", (2, 28, 28, 3)),  # was a cryptic "groups" error
+    ("serving_uint8", (1, 56, 56, 1)),
+    ("serving_uint8", (1, 32, 32, 3)),
+])
+def test_both_signatures_check_the_exact_image_shape_and_name_it(exported, signature, shape):
+    """Issue 16.9: through tf.saved_model.load, as a client that skips the signature's shape."""
+    _, model_dir = exported
+    serve = tf.saved_model.load(str(model_dir / "1")).signatures[signature]
+    dtype = tf.uint8 if signature == "serving_uint8" else tf.float32
+    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match="28, 28, 1"):
+        serve(images=tf.zeros(shape, dtype))
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "serving_uint8"])
+def test_an_empty_batch_gets_empty_outputs(exported, signature):
+    _, model_dir = exported
+    serve = tf.saved_model.load(str(model_dir / "1")).signatures[signature]
+    empty = serve(images=tf.zeros((0, 28, 28, 1), tf.uint8 if signature == "serving_uint8" else tf.float32))
+    assert empty["logits"].shape == (0, 10) and empty["class_name"].shape == (0,)
+    assert empty["probabilities"].shape == (0, 10) and empty["class_id"].shape == (0,)
+
+
 def test_wrong_image_size_and_range_are_rejected(exported):
     _, model_dir = exported
     serve = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
         serve(images=tf.zeros((1, 32, 32, 3)))
-    for wrong in ((2, 32, 32, 1), (2, 28, 28, 3)):  # the network alone would take these
-        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match="28, 28, 1"):
-            serve(images=tf.zeros(wrong))
-    uint8 = tf.saved_model.load(str(model_dir / "1")).signatures["serving_uint8"]
-    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match="28, 28, 1"):
-        uint8(images=tf.zeros((1, 56, 56, 1), tf.uint8))
-    empty = serve(images=tf.zeros((0, 28, 28, 1)))
-    assert empty["logits"].shape == (0, 10) and empty["class_name"].shape == (0,)
     with pytest.raises(tf.errors.InvalidArgumentError, match="pixels must be in"):
         serve(images=tf.fill((1, 28, 28, 1), 255.0))
     out = serve(images=tf.zeros((3, 28, 28, 1)))

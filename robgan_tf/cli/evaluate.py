@@ -39,6 +39,13 @@ def main(argv=None):
     if args.n_examples < 1:
         print(f"error: --n-examples {args.n_examples}: it must be >= 1", file=sys.stderr)
         return 1
+    eps_range = cfg.Config.__dataclass_fields__["eps"].metadata["valid"]  # train.py's --eps range
+    large = [] if args.large_eps is None else [args.large_eps]
+    for name, values in (("--eps", args.eps or []), ("--large-eps", large)):
+        bad = [v for v in values if v not in eps_range]
+        if bad:
+            print(f"error: {name} {bad[0]:g} is out of range: it must be {eps_range}", file=sys.stderr)
+            return 1
     run_config = None
     if os.path.isfile(os.path.join(args.model, rundir.CONFIG)):
         run_config = rundir.read_config(args.model)[0]

@@ -367,6 +367,15 @@ def section_name(args):
     return f"{args.dataset}-{limit}" if limit else args.dataset
 
 
+def _frechet(metrics):
+    """The Frechet distance clause of a generator's line; runs scored before it have pixel-L2
+    diversities and no Frechet distance, and say so."""
+    if "frechet_distance" not in metrics:
+        return " (pixel L2: a run scored before feature-space diversity)"
+    return (f" (reference-CNN features), Frechet distance {metrics['frechet_distance']:.2f} to real test images "
+            f"(the same features; not an Inception FID)")
+
+
 def generator_lines(state, out):
     """A line per study GAN: its training time and its generator's scores as a data source."""
     lines = []
@@ -376,7 +385,7 @@ def generator_lines(state, out):
                      f"GAN-test {100 * m['gan_test_accuracy']:.1f}% (reference CNN on real images: "
                      f"{100 * m['gan_test_reference_accuracy']:.1f}%), GAN-train {100 * m['gan_train_accuracy']:.1f}% "
                      f"(the same CNN trained on the real training images: {100 * m['gan_train_real_accuracy']:.1f}%), "
-                     f"diversity {m['sample_diversity']:.2f} of real.")
+                     f"diversity {m['sample_diversity']:.2f} of real{_frechet(m)}.")
     return ["", *lines] if lines else []
 
 

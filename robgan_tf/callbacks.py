@@ -80,6 +80,7 @@ class EpochReport(keras.callbacks.Callback):
         self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
         self.sampler, self.quality, self.class_names, self.columns = sampler, quality, class_names, columns
         self.score_every, self.stage_epochs = score_every, stage_epochs
+        self.resumed_at = 0  # the batch the next epoch resumes at (set by loop.StageRunner), or 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.time()
@@ -95,13 +96,17 @@ class EpochReport(keras.callbacks.Callback):
                         title=f"{self.stage} epoch {number}")
             quality = self.quality(generator)
             print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
-                  f"sample diversity {quality['sample_diversity']:.2f} of real")
+                  f"GAN-train accuracy {quality['gan_train_accuracy']:.3f}, sample diversity "
+                  f"{quality['sample_diversity']:.2f} of real, Frechet distance {quality['frechet_distance']:.2f} "
+                  f"(reference CNN features)")
             warning = collapse_warning(quality)
             if warning:
                 print("!" * 78 + f"\n{warning}\n" + "!" * 78)
             logs.update(quality)
             row.update({k: quality[k] for k in COLUMNS})
-        row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1))
+        row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1),
+                   **({"resumed_at_batch": self.resumed_at} if self.resumed_at else {}))
+        self.resumed_at = 0
         rundir.write_metrics_row(self.out_dir, row, self.columns)
         if "val_pgd10_acc" in row:  # robust overfitting, made visible
             training_curves(rundir.read_metrics_rows(self.out_dir), os.path.join(self.out_dir, rundir.CURVES))

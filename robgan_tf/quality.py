@@ -1,11 +1,16 @@
 """Generator quality: is G's output recognisable and diverse, or has it collapsed?
 
-Three numbers: GAN-test accuracy (a plain classifier trained on the real training set labels G's
+Four numbers: GAN-test accuracy (a plain classifier trained on the real training set labels G's
 class-conditional samples: are they recognisable?), GAN-train accuracy (Shmelkov et al. 2018: the
 same plain classifier trained on G's samples alone, tested on real test images: do they cover
-what the real images teach?) and the per-class sample diversity relative to real images (mean
-pairwise L2 distance within a class). A collapsed generator scores near chance on the first two
-and near 0 on the last; a generator of one template per class passes GAN-test but fails GAN-train.
+what the real images teach?), the per-class sample diversity relative to real test images and the
+Frechet distance between samples and real test images. The last two are measured on the reference
+classifier's features (its penultimate layer), not on pixels: pixel distances reward noise and
+texture, so one template per class plus faint noise looked diverse. They are not Inception
+features (whose weights cannot be downloaded here), so the Frechet distance is an FID-like number
+comparable between runs that share a reference classifier, not with published FIDs. A collapsed
+generator scores near chance on the first two and near 0 on the diversity; a generator of one
+template per class passes GAN-test but fails GAN-train and the diversity.
 """
 
 import keras
@@ -14,7 +19,9 @@ import numpy as np
 from robgan_tf import data
 from robgan_tf.evaluation import accuracy
 
-COLUMNS = ("gan_test_accuracy", "gan_train_accuracy", "sample_diversity", "min_class_diversity")  # in metrics.csv
+# in metrics.csv; since the Frechet distance, the diversities are measured on the reference classifier's
+# features (older runs' rows hold pixel-L2 diversities and no frechet_distance)
+COLUMNS = ("gan_test_accuracy", "gan_train_accuracy", "sample_diversity", "min_class_diversity", "frechet_distance")
 COLLAPSE_GAN_TEST = 0.5
 COLLAPSE_DIVERSITY = 0.3
 
@@ -53,7 +60,8 @@ def _compiled_reference_classifier(image_shape, num_classes, seed):
 def _train(model, x, y, steps, seed, verbose):
     batches = data.TrainData(x, y, min(128, len(y)), seed=seed)
     epochs = -(-steps // batches.steps)
-    model.fit(batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps, verbose=verbose)
+    model.fit(batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps, verbose=verbose,
+              shuffle=False)  # TrainData shuffles; Keras warns on shuffle=True (its default) for a Dataset
     return model
 
 
@@ -67,36 +75,94 @@ def generate(generator, labels, seed=0, batch_size=500):
                            for i in range(0, len(labels), batch_size)])
 
 
-def mean_pairwise_distance(images):
-    """Mean L2 distance between distinct pairs of images (flattened)."""
-    flat = np.asarray(images, np.float64).reshape(len(images), -1)
+def mean_pairwise_distance(points):
+    """Mean L2 distance between distinct pairs of points (images or feature vectors, flattened)."""
+    flat = np.asarray(points, np.float64).reshape(len(points), -1)
     sq = np.sum(flat ** 2, 1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0.0)
     n = len(flat)
     return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean())
 
 
-def per_class_diversity(images, labels):
+def per_class_diversity(points, labels, classes=None):
+    """Mean pairwise distance of the points of each class (of `classes`, default: those present)."""
     labels = np.asarray(labels)
-    return np.array([mean_pairwise_distance(images[labels == c]) for c in np.unique(labels)])
+    classes = np.unique(labels) if classes is None else classes
+    return np.array([mean_pairwise_distance(points[labels == c]) for c in classes])
+
+
+def feature_extractor(reference):
+    """The reference classifier up to its penultimate layer: a model from its input to the input
+    of its last layer (the Dense logits layer), sharing its weights."""
+    last = reference.layers[-1]
+    if (not isinstance(last, keras.layers.Dense) or len(reference.inputs) != 1 or len(reference.outputs) != 1
+            or reference.outputs[0] is not last.output):
+        raise ValueError(f"{reference.name}: its features are the input of its logits layer; expected a functional "
+                         f"model of one input ending in one Dense layer, not in {type(last).__name__}")
+    return keras.Model(reference.input, last.input, name=f"{reference.name}_features")
+
+
+def features(extractor, images, batch_size=500):
+    """The extractor's features of uint8 or [0, 1] float images, flattened, as float64 numpy."""
+    images = np.asarray(images)
+    scale = 1 / 255.0 if images.dtype == np.uint8 else 1.0
+    out = [np.asarray(extractor(images[i:i + batch_size].astype(np.float32) * np.float32(scale), training=False))
+           for i in range(0, len(images), batch_size)]
+    out = np.concatenate(out).astype(np.float64)
+    return out.reshape(len(out), -1)
+
+
+def _sqrt_psd(matrix):
+    """The symmetric square root of a symmetric positive semi-definite matrix (eigenvalues below 0,
+    rounding errors, are taken as 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(features_a, features_b):
+    """The Frechet distance between Gaussians fitted to two sets of feature vectors (rows):
+
+        d^2 = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))
+
+    with mu the means and S the covariances (unbiased, np.cov's). It is FID's formula (Heusel et
+    al. 2017) on whatever features are given. Tr((S_a S_b)^(1/2)) is computed, in float64, as the
+    sum of the square roots of the eigenvalues of the symmetric PSD matrix S_a^(1/2) S_b S_a^(1/2),
+    which has the same eigenvalues as S_a S_b; the result is clipped at 0 (rounding errors)."""
+    a, b = (np.asarray(f, np.float64) for f in (features_a, features_b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"frechet_distance needs two sets of at least 2 feature vectors of one size, "
+                         f"got shapes {a.shape} and {b.shape}")
+    mean_term = float(np.sum((a.mean(0) - b.mean(0)) ** 2))
+    cov_a, cov_b = (np.atleast_2d(np.cov(f, rowvar=False)) for f in (a, b))
+    root_a = _sqrt_psd(cov_a)
+    product = root_a @ cov_b @ root_a
+    trace_root = float(np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0.0, None)).sum())
+    return max(mean_term + float(np.trace(cov_a) + np.trace(cov_b)) - 2.0 * trace_root, 0.0)
 
 
 class GeneratorQuality:
-    """Scores a generator against real data: GAN-test accuracy, GAN-train accuracy and relative
-    sample diversity. GAN-train's CNN learns from as many samples as the run has real training
-    images (`train_images`, at most `gan_train_limit`) for 10 epochs of 128 (20 to 200 batches);
-    the same CNN learnt from the real images alone gives `gan_train_real_accuracy`, the bar to
-    compare with."""
+    """Scores a generator against real data: GAN-test accuracy, GAN-train accuracy, and on the
+    reference classifier's features relative sample diversity and the Frechet distance.
 
-    def __init__(self, dataset, reference_classifier, per_class=100, seed=0, train_images=None,
+    Real test images (stratified, `per_class` per class at most) are the yardstick: the reference
+    classifier's accuracy on them, GAN-train's test set, and their features (computed once) for
+    the diversity and the Frechet distance. G draws as many samples per class as they hold, once
+    per score, for GAN-test, the diversity and the Frechet distance. GAN-train's CNN learns from as
+    many samples as the run has real training images (`train_images`, at most `gan_train_limit`)
+    for 10 epochs of 128 (20 to 200 batches); the same CNN learnt from the real images alone gives
+    `gan_train_real_accuracy`, the bar to compare with."""
+
+    def __init__(self, dataset, reference_classifier, per_class=200, seed=0, train_images=None,
                  gan_train_limit=2000):
         self.reference = reference_classifier
-        self.labels = np.repeat(np.arange(dataset.num_classes), per_class)
+        self.extractor = feature_extractor(reference_classifier)
         self.seed, self.num_classes, self._cnn = seed, dataset.num_classes, None
-        x, y = data.subset(dataset.x_train, dataset.y_train, per_class * dataset.num_classes, seed)
-        self.real_diversity = per_class_diversity(x.astype(np.float32) / 255.0, y)
-        self.test = data.subset(dataset.x_test, dataset.y_test, 2000, seed)
+        self.test = data.subset(dataset.x_test, dataset.y_test, per_class * dataset.num_classes, seed)
+        self.labels = np.sort(self.test[1]).astype(np.int32)  # G draws the test images' classes, in their numbers
+        self.classes = np.unique(self.labels)
         self.reference_accuracy = accuracy(reference_classifier, *self.test)
+        self.real_features = features(self.extractor, self.test[0])
+        self.real_diversity = per_class_diversity(self.real_features, self.test[1], self.classes)
         x_real, y_real = data.subset(*(train_images or (dataset.x_train, dataset.y_train)), gan_train_limit, seed)
         self.train_labels = np.sort(y_real)  # G is asked for the real images' classes, in their numbers
         self.gan_train_steps = int(np.clip(10 * len(y_real) // 128, 20, 200))
@@ -118,9 +184,12 @@ class GeneratorQuality:
         gan_test = accuracy(self.reference, samples, self.labels)
         gan_train = accuracy(self._fit(generate(generator, self.train_labels, self.seed + 1), self.train_labels),
                              *self.test)
-        ratio = per_class_diversity(samples, self.labels) / np.maximum(self.real_diversity, 1e-12)
+        sample_features = features(self.extractor, samples)
+        ratio = (per_class_diversity(sample_features, self.labels, self.classes) /
+                 np.maximum(self.real_diversity, 1e-12))
         return {"gan_test_accuracy": gan_test, "gan_train_accuracy": gan_train, "sample_diversity": float(ratio.mean()),
-                "min_class_diversity": float(ratio.min()), "least_diverse_class": int(ratio.argmin()),
+                "min_class_diversity": float(ratio.min()), "least_diverse_class": int(self.classes[ratio.argmin()]),
+                "frechet_distance": frechet_distance(sample_features, self.real_features),
                 "gan_test_reference_accuracy": self.reference_accuracy,
                 "gan_train_real_accuracy": self.real_train_accuracy}
 
@@ -130,7 +199,8 @@ def collapse_warning(quality):
 
     GAN-test accuracy is judged against what the reference classifier scores on real test images
     (it cannot recognise samples better than real images): below half of that is a warning. So is
-    a diversity below COLLAPSE_DIVERSITY of real, over all classes or in any one of them.
+    a diversity (on the reference classifier's features) below COLLAPSE_DIVERSITY of real, over all
+    classes or in any one of them.
     """
     problems = []
     if quality["sample_diversity"] < COLLAPSE_DIVERSITY:

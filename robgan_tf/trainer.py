@@ -123,7 +123,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
                    weights="average" if parts.average is not None else "trained")
     rundir.write_metrics_json(own_dir, metrics)
     gan = (f", GAN-test accuracy {metrics['gan_test_accuracy']:.3f}, sample diversity "
-           f"{metrics['sample_diversity']:.2f} of real" if scores else "")
+           f"{metrics['sample_diversity']:.2f} of real, Frechet distance {metrics['frechet_distance']:.2f} "
+           f"(reference CNN features)" if scores else "")
     print(f"clean accuracy {metrics['clean_accuracy']:.4f}, PGD-20 accuracy {metrics['pgd20_accuracy']:.4f} "
           f"(eps={config.eps:.4g}, {metrics['eval_examples']} test images){gan}")
     warning = quality.collapse_warning(metrics) if scores else None

@@ -29,6 +29,7 @@ def test_end_to_end_run_writes_every_output(tiny_data_dir, tmp_path, capsys):
     metrics = json.loads((out / rundir.METRICS_JSON).read_text())
     for key in ("clean_accuracy", "pgd20_accuracy", "gan_test_accuracy", "sample_diversity"):
         assert 0.0 <= metrics[key] <= (1.0 if key != "sample_diversity" else 10.0), key
+    assert metrics["frechet_distance"] >= 0.0  # on the reference classifier's features
     assert metrics["eps"] == pytest.approx(0.1) and metrics["eval_split"] == "test"
     rows = (out / rundir.METRICS_CSV).read_text().splitlines()
     assert rows[0].split(",") == list(methods.get("robgan").metric_columns())
@@ -72,8 +73,9 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(tiny_data_dir, tmp_pat
     monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", original)
     assert run(tiny_data_dir, out, *args) == 0
     assert "resuming cotrain epoch 2 at batch 2/4" in capsys.readouterr().out
-    rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
-    assert [r.split(",")[1] for r in rows] == ["1", "2"]
+    rows = rundir.read_metrics_rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["resumed_at_batch"] for r in rows] == ["", "2"]  # epoch 2's row covers batches 3-4 only
 
     import tensorflow as tf
     reader = tf.train.load_checkpoint(str(out / rundir.CHECKPOINTS))

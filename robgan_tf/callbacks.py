@@ -10,7 +10,7 @@ import numpy as np
 
 from robgan_tf import data, evaluation, models, rundir
 from robgan_tf.config import AttackSettings
-from robgan_tf.quality import COLUMNS, collapse_warning
+from robgan_tf.quality import COLUMNS, collapse_warning, conditioning_note
 from robgan_tf.plots import sample_grid, training_curves
 
 
@@ -99,9 +99,11 @@ class EpochReport(keras.callbacks.Callback):
                   f"GAN-train accuracy {quality['gan_train_accuracy']:.3f}, sample diversity "
                   f"{quality['sample_diversity']:.2f} of real, Frechet distance {quality['frechet_distance']:.2f} "
                   f"(reference CNN features)")
-            warning = collapse_warning(quality)
+            warning, note = collapse_warning(quality), conditioning_note(quality)
             if warning:
                 print("!" * 78 + f"\n{warning}\n" + "!" * 78)
+            elif note:
+                print(note)
             logs.update(quality)
             row.update({k: quality[k] for k in COLUMNS})
         row.update(stage=self.stage, epoch=number, seconds=round(time.time() - self.start, 1),

@@ -194,25 +194,35 @@ class GeneratorQuality:
                 "gan_train_real_accuracy": self.real_train_accuracy}
 
 
-def collapse_warning(quality):
-    """A loud message when the quality numbers signal a collapsed or unconditional generator.
-
-    GAN-test accuracy is judged against what the reference classifier scores on real test images
-    (it cannot recognise samples better than real images): below half of that is a warning. So is
-    a diversity (on the reference classifier's features) below COLLAPSE_DIVERSITY of real, over all
-    classes or in any one of them.
-    """
-    problems = []
-    if quality["sample_diversity"] < COLLAPSE_DIVERSITY:
-        problems.append(f"sample diversity {quality['sample_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
-    elif quality.get("min_class_diversity", 1.0) < COLLAPSE_DIVERSITY:  # one class drawing one image
-        problems.append(f"class {quality.get('least_diverse_class', '?')} sample diversity "
-                        f"{quality['min_class_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
+def _gan_test_low(quality):
+    """GAN-test accuracy below half what the reference classifier scores on real test images (it
+    cannot recognise samples better than real ones): the problem's words, or None."""
     limit = COLLAPSE_GAN_TEST * quality.get("gan_test_reference_accuracy", 1.0)
-    if quality["gan_test_accuracy"] < limit:
-        problems.append(f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {limit:.2f}, half the "
-                        f"reference classifier's accuracy on real images)")
-    if not problems:
+    if quality["gan_test_accuracy"] >= limit:
         return None
-    return ("WARNING: GENERATOR COLLAPSE SUSPECTED: " + "; ".join(problems) +
-            ". Samples are not diverse or not recognisable as their class; see samples/.")
+    return (f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {limit:.2f}, half the reference "
+            f"classifier's accuracy on real images)")
+
+
+def collapse_warning(quality):
+    """A loud message when G has collapsed: a diversity (on the reference classifier's features)
+    below COLLAPSE_DIVERSITY of real, over all classes or in any one of them; or None."""
+    if quality["sample_diversity"] < COLLAPSE_DIVERSITY:
+        problem = f"sample diversity {quality['sample_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})"
+    elif quality.get("min_class_diversity", 1.0) < COLLAPSE_DIVERSITY:  # one class drawing one image
+        problem = (f"class {quality.get('least_diverse_class', '?')} sample diversity "
+                   f"{quality['min_class_diversity']:.2f} of real (< {COLLAPSE_DIVERSITY})")
+    else:
+        return None
+    return ("WARNING: GENERATOR COLLAPSE SUSPECTED: " + "; ".join(filter(None, [problem, _gan_test_low(quality)]))
+            + ". Samples of a class are near copies; see samples/.")
+
+
+def conditioning_note(quality):
+    """A plain note when G's samples are diverse (no collapse) but mostly not of their asked class,
+    which is usual early in co-training and a problem only if it lasts; or None."""
+    low = _gan_test_low(quality)
+    if low is None or collapse_warning(quality) is not None:
+        return None
+    return (f"note: the generator is not class-conditional yet: {low}, while its samples are diverse "
+            f"({quality['sample_diversity']:.2f} of real): usual in early epochs; a problem if it lasts to the end.")

@@ -127,7 +127,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
            f"(reference CNN features)" if scores else "")
     print(f"clean accuracy {metrics['clean_accuracy']:.4f}, PGD-20 accuracy {metrics['pgd20_accuracy']:.4f} "
           f"(eps={config.eps:.4g}, {metrics['eval_examples']} test images){gan}")
-    warning = quality.collapse_warning(metrics) if scores else None
+    warning = (quality.collapse_warning(metrics) or quality.conditioning_note(metrics)) if scores else None
     if warning:
         print(warning)
     return metrics

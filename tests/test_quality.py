@@ -147,7 +147,8 @@ def test_diverse_but_wrong_class_generator_is_flagged(tiny_dataset, trained_clas
     scores = quality.GeneratorQuality(tiny_dataset, trained_classifier, per_class=20)(
         _generator(tiny_dataset, shifted, noise_std=0.02))
     assert scores["gan_test_accuracy"] < 0.2
-    assert "GAN-test accuracy" in quality.collapse_warning(scores)
+    assert quality.collapse_warning(scores) is None  # diverse: not a collapse, and not called one
+    assert "not class-conditional yet: GAN-test accuracy" in quality.conditioning_note(scores)
 
 
 def test_a_class_drawing_near_copies_is_flagged_even_when_the_mean_diversity_is_fine():
@@ -155,6 +156,7 @@ def test_a_class_drawing_near_copies_is_flagged_even_when_the_mean_diversity_is_
     scores = {"gan_test_accuracy": 0.696, "gan_test_reference_accuracy": 0.523, "sample_diversity": 0.41,
               "min_class_diversity": 0.24, "least_diverse_class": 4}
     assert "class 4 sample diversity 0.24" in quality.collapse_warning(scores)
+    assert quality.conditioning_note(scores) is None  # the collapse is what is said
     assert quality.collapse_warning({**scores, "min_class_diversity": 0.36}) is None
 
 

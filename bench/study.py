@@ -79,11 +79,17 @@ class LoadSampler:
         self._stop.set()
 
 
+def steps_per_epoch(config, dataset):
+    """A run's steps per epoch, (main stage, fine-tuning): its training images (--train-limit of
+    what the validation split leaves) over the real images of a step."""
+    images = min(config.train_limit or len(dataset.y_train), len(dataset.y_train) - config.val_examples)
+    real_batch = config.batch_size - (round(config.synthetic_fraction * config.batch_size) if config.synthetic else 0)
+    return images // (real_batch * config.n_dis), images // real_batch
+
+
 def sized_config(base, dataset, budget_seconds, step_seconds):
     """Epochs (and fine-tuning epochs, eps warm-up) that fit the training budget."""
-    images = min(base.train_limit or len(dataset.y_train), len(dataset.y_train) - base.val_examples)
-    real_batch = base.batch_size - (round(base.synthetic_fraction * base.batch_size) if base.synthetic else 0)
-    steps, finetune_steps = images // (real_batch * base.n_dis), images // real_batch
+    steps, finetune_steps = steps_per_epoch(base, dataset)
     if "finetune" in step_seconds:  # Rob-GAN: the defaults' split of time between the two stages, and
         # one fine-tuning epoch if they have any and it fits (it is where Rob-GAN mixes in its fakes)
         main = base.epochs * steps * step_seconds["cotrain"]
@@ -114,8 +120,7 @@ def shared_config(base, robgan, dataset, budget_seconds, cotrain_seconds, step_s
     """A co-training-sharing variant's settings: robgan's, with its own fine-tuning settings and
     as many fine-tuning epochs (at least one) as fit in the budget left after robgan's co-training."""
     config = robgan.replace(**{k: getattr(base, k) for k in FINETUNE_ONLY})
-    images = len(data.subset(dataset.x_train, dataset.y_train, config.train_limit)[1])
-    seconds = images // config.batch_size * step_seconds["finetune"]
+    seconds = steps_per_epoch(config, dataset)[1] * step_seconds["finetune"]
     return config.replace(finetune_epochs=max(1, int((budget_seconds - cotrain_seconds) / seconds)))
 
 
@@ -176,8 +181,7 @@ def cotrain_budget(entry, dataset):
     """The seconds Rob-GAN's co-training was sized to: its epochs x steps x its timed step (the
     budget another GAN gets, so that neither counts the other's per-epoch scoring)."""
     config = Config(**entry["config"])
-    images = min(config.train_limit or len(dataset.y_train), len(dataset.y_train) - config.val_examples)
-    return config.epochs * (images // (config.batch_size * config.n_dis)) * entry["step_seconds"]["cotrain"]
+    return config.epochs * steps_per_epoch(config, dataset)[0] * entry["step_seconds"]["cotrain"]
 
 
 def sample_set(gan, state, out, n, seed):
@@ -310,12 +314,12 @@ def main(argv=None):
             summary = report.build(result, model=run_dir, dataset=args.dataset, seed=args.seed, attack="autoattack",
                                    eps=[config.eps], settings=dataclasses.asdict(settings))
             report.write(summary, result, eval_dir)
-    rows = table_rows(state, out, args)
+    rows = table_rows(state, out, args, dataset)
     write_outputs(rows, state, out, args)
     return 0
 
 
-def table_rows(state, out, args):
+def table_rows(state, out, args, dataset):
     rows = []
     for name in args.methods:
         entry = state["methods"].get(name, {})
@@ -326,7 +330,11 @@ def table_rows(state, out, args):
             rep = json.load(f)
         metrics = rundir.read_metrics_json(os.path.join(out, name))
         eps = evaluation.eps_key(entry["config"]["eps"])
-        rows.append({"method": name, **_epochs_reached(os.path.join(out, name), entry["config"]),
+        reached = _epochs_reached(os.path.join(out, name), entry["config"])
+        config = Config(**entry["config"])
+        steps, finetune_steps = steps_per_epoch(config, dataset)  # the classifier's updates: D's, then fine-tuning's
+        classifier_steps = reached["epochs"] * steps * config.n_dis + reached["finetune_epochs"] * finetune_steps
+        rows.append({"method": name, **reached, "classifier_steps": classifier_steps,
                      "train_minutes": round(entry["train_seconds"] / 60, 1), "load_average": entry["load_average"],
                      "clean": rep["clean_accuracy"], "clean_ci95": rep["clean_accuracy_ci95"],
                      "pgd20": rep["robust_accuracy"]["pgd-20"][eps],
@@ -413,14 +421,16 @@ def write_outputs(rows, state, out, args):
     lines = [f"<!-- study:{name} -->",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
              f"Budget {args.budget_minutes:g} "
-             f"training minutes per method, a generator's training and sampling included (G + sampling). "
+             f"training minutes per method, a generator's training and sampling included (G + sampling); "
+             f"classifier steps are the robust classifier's optimizer updates (D's in co-training, then "
+             f"fine-tuning's), for a comparison at equal steps. "
              f"Command: `{command(args)}`. "
              f"Evaluation: autoattack (APGD-CE, APGD-T, Square) at eps = "
              f"{state['methods'][rows[0]['method']]['config']['eps']:.4g} on {args.eval_examples} stratified test "
              f"examples, the same for every method; [Wilson 95% intervals].", "",
-             "| method | epochs (+FT) | best epoch | G + sampling min | train min | total min | load avg | clean % | "
-             "PGD-20 % | autoattack % | GAN-test % | GAN-train % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | epochs (+FT) | classifier steps | best epoch | G + sampling min | train min | total min | "
+             "load avg | clean % | PGD-20 % | autoattack % | GAN-test % | GAN-train % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gan = f"{100 * r['gan_test']:.1f}" if r["gan_test"] is not None else "–"
         gan_train = f"{100 * r['gan_train']:.1f}" if r.get("gan_train") is not None else "–"
@@ -428,7 +438,8 @@ def write_outputs(rows, state, out, args):
         note += f" (co-training: {r['cotraining']}'s)" if r.get("cotraining") else ""
         epochs = f"{r['epochs']}" + (f" of {r['planned_epochs']}" if r["epochs"] < r["planned_epochs"] else "")
         total = round(r["train_minutes"] + r["generator_minutes"], 1)
-        lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['best_epoch'] or '–'} | "
+        lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['classifier_steps']} | "
+                     f"{r['best_epoch'] or '–'} | "
                      f"{r['generator_minutes'] or '–'} | {r['train_minutes']} | {total} | "
                      f"{r['load_average']['mean']} | {pct(r['clean'], r['clean_ci95'])} | "
                      f"{pct(r['pgd20'], r['pgd20_ci95'])} | "

@@ -140,6 +140,11 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert data_run["sampling_seconds"] > 0 and data_run["config"]["synthetic"].endswith("robgan-data.npz")
     assert np.bincount(np.load(run / "robgan-data.npz")["y"]).tolist() == [50] * 4
     assert "| pgd-at+robgan-data |" in text and "GAN-train" in text
+    # classifier steps: pgd-at's epochs of 128 images in batches of 32; the data variant's batches hold
+    # 30% real images (10 of 32), so it makes 12 steps an epoch
+    summary = {r["method"]: r for r in json.loads((run / "summary.json").read_text())["rows"]}
+    assert summary["pgd-at"]["classifier_steps"] == summary["pgd-at"]["epochs"] * 4
+    assert summary["pgd-at+robgan-data"]["classifier_steps"] == summary["pgd-at+robgan-data"]["epochs"] * (128 // 10)
     before = (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime
     assert study.main(args) == 0  # a finished study is not redone
     assert (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime == before

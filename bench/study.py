@@ -80,11 +80,18 @@ class LoadSampler:
 
 
 def steps_per_epoch(config, dataset):
-    """A run's steps per epoch, (main stage, fine-tuning): its training images (--train-limit of
-    what the validation split leaves) over the real images of a step."""
+    """A run's steps per epoch, (main stage, fine-tuning), as trainer.train makes them: its training
+    images (--train-limit of what the validation split leaves, less what the method holds out) over
+    the real images of a step (a stage that takes --synthetic images takes fewer real ones)."""
+    method = methods.get(config.method)
     images = min(config.train_limit or len(dataset.y_train), len(dataset.y_train) - config.val_examples)
-    real_batch = config.batch_size - (round(config.synthetic_fraction * config.batch_size) if config.synthetic else 0)
-    return images // (real_batch * config.n_dis), images // real_batch
+    images -= method.held_out(config)
+
+    def real_images(stage):
+        synthetic = round(config.synthetic_fraction * config.batch_size) if config.synthetic and stage.synthetic else 0
+        return (config.batch_size - synthetic) * stage.batches_per_step(config)
+
+    return images // real_images(method.stages[0]), images // real_images(method.stages[-1])
 
 
 def sized_config(base, dataset, budget_seconds, step_seconds):

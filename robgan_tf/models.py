@@ -159,7 +159,8 @@ class Projection(layers.Layer):
     def __init__(self, num_classes, channels, spectral_norm=False, **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.channels, self.spectral_norm = num_classes, channels, spectral_norm
-        self.embed = _maybe_sn(layers.Dense(channels, use_bias=False), spectral_norm)
+        dense = layers.Dense(channels, use_bias=False, dtype="float32")  # float32 under a mixed policy, as the heads
+        self.embed = layers.SpectralNormalization(dense, dtype="float32") if spectral_norm else dense
 
     def build(self, input_shape):
         self.embed.build((None, self.num_classes))

@@ -10,7 +10,7 @@ import numpy as np
 
 from robgan_tf import data, evaluation, models, rundir
 from robgan_tf.config import AttackSettings
-from robgan_tf.quality import COLUMNS, collapse_warning, conditioning_note
+from robgan_tf.quality import COLUMNS, collapse_warning, conditioning_note, describe
 from robgan_tf.plots import sample_grid, training_curves
 
 
@@ -95,10 +95,7 @@ class EpochReport(keras.callbacks.Callback):
                         os.path.join(self.out_dir, rundir.SAMPLES, f"epoch_{number:03d}.png"),
                         title=f"{self.stage} epoch {number}")
             quality = self.quality(generator)
-            print(f"\nepoch {number} ({self.stage}): GAN-test accuracy {quality['gan_test_accuracy']:.3f}, "
-                  f"GAN-train accuracy {quality['gan_train_accuracy']:.3f}, sample diversity "
-                  f"{quality['sample_diversity']:.2f} of real, Frechet distance {quality['frechet_distance']:.2f} "
-                  f"(reference CNN features)")
+            print(f"\nepoch {number} ({self.stage}): {describe(quality)}")
             warning, note = collapse_warning(quality), conditioning_note(quality)
             if warning:
                 print("!" * 78 + f"\n{warning}\n" + "!" * 78)

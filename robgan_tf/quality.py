@@ -104,9 +104,7 @@ def feature_extractor(reference):
 
 def features(extractor, images, batch_size=500):
     """The extractor's features of uint8 or [0, 1] float images, flattened, as float64 numpy."""
-    images = np.asarray(images)
-    scale = 1 / 255.0 if images.dtype == np.uint8 else 1.0
-    out = [np.asarray(extractor(images[i:i + batch_size].astype(np.float32) * np.float32(scale), training=False))
+    out = [np.asarray(extractor(data.to_float(images[i:i + batch_size]), training=False))
            for i in range(0, len(images), batch_size)]
     out = np.concatenate(out).astype(np.float64)
     return out.reshape(len(out), -1)
@@ -202,6 +200,13 @@ def _gan_test_low(quality):
         return None
     return (f"GAN-test accuracy {quality['gan_test_accuracy']:.2f} (< {limit:.2f}, half the reference "
             f"classifier's accuracy on real images)")
+
+
+def describe(quality):
+    """G's scores in one line: GAN-test, GAN-train, diversity and the Frechet distance."""
+    return (f"GAN-test accuracy {quality['gan_test_accuracy']:.3f}, GAN-train accuracy "
+            f"{quality['gan_train_accuracy']:.3f}, sample diversity {quality['sample_diversity']:.2f} of real, "
+            f"Frechet distance {quality['frechet_distance']:.2f} (reference CNN features)")
 
 
 def collapse_warning(quality):

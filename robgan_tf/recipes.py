@@ -28,15 +28,19 @@ class Parts:
 
     def keep(self):
         """Puts the weights to keep into `kept` (the average, if there is one) and returns it."""
-        if self.average is not None:
-            self.average.copy_to(self.kept)
-        return self.kept or self.classifier
+        return _averaged(self.average, self.kept, self.classifier)
 
     def sampler(self):
         """Puts G's weights to sample with into `sampled` (G's average, if there is one) and returns it."""
-        if self.generator_average is not None:
-            self.generator_average.copy_to(self.sampled)
-        return self.sampled or self.generator
+        return _averaged(self.generator_average, self.sampled, self.generator)
+
+
+def _averaged(average, holder, model):
+    """`holder` set to `average`'s weights, or `model` itself when there is no average."""
+    if average is None:
+        return model
+    average.copy_to(holder)
+    return holder
 
 
 @dataclasses.dataclass(frozen=True)

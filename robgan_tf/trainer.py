@@ -122,9 +122,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
                    **({"early_stop": early_stop} if early_stop else {}), **({"best_epoch": best} if best else {}),
                    weights="average" if parts.average is not None else "trained")
     rundir.write_metrics_json(own_dir, metrics)
-    gan = (f", GAN-test accuracy {metrics['gan_test_accuracy']:.3f}, sample diversity "
-           f"{metrics['sample_diversity']:.2f} of real, Frechet distance {metrics['frechet_distance']:.2f} "
-           f"(reference CNN features)" if scores else "")
+    gan = f", {quality.describe(metrics)}" if scores else ""
     print(f"clean accuracy {metrics['clean_accuracy']:.4f}, PGD-20 accuracy {metrics['pgd20_accuracy']:.4f} "
           f"(eps={config.eps:.4g}, {metrics['eval_examples']} test images){gan}")
     warning = (quality.collapse_warning(metrics) or quality.conditioning_note(metrics)) if scores else None

@@ -15,9 +15,16 @@ def warmed_up_decay(decay, updates):
     return tf.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
+def is_moving_statistic(variable):
+    """Whether `variable` is a batch normalisation's moving mean or variance."""
+    return variable.path.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")
+
+
 class WeightAverage(tf.Module):
-    """avg ← decay_t·avg + (1 - decay_t)·w for every variable w of `model` (non-trainable ones,
-    such as spectral norm's power-iteration vectors, are copied as they are)."""
+    """avg ← decay_t·avg + (1 - decay_t)·w for every trainable variable w of `model` and every
+    batch normalisation's moving statistic, so that the averaged weights normalise with
+    statistics of their own (G's); other non-trainable variables, such as spectral norm's
+    power-iteration vectors, are copied as they are."""
 
     def __init__(self, model, decay, name="weight_average"):
         super().__init__(name=name)
@@ -25,7 +32,7 @@ class WeightAverage(tf.Module):
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.source = list(model.variables)
-        self.trainable = [any(v is t for t in model.trainable_variables) for v in self.source]
+        self.averaged = [any(v is t for t in model.trainable_variables) or is_moving_statistic(v) for v in self.source]
         # Every replica holds the same weights, so every replica's update is the same: keep the first's.
         self.averages = [tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"average_{i}",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -36,9 +43,9 @@ class WeightAverage(tf.Module):
     def update(self):
         """One averaging step, after an optimizer step of the model."""
         decay = warmed_up_decay(self.decay, self.updates)
-        for average, variable, trainable in zip(self.averages, self.source, self.trainable):
+        for average, variable, averaged in zip(self.averages, self.source, self.averaged):
             value = tf.cast(tf.convert_to_tensor(variable), average.dtype)
-            average.assign(decay * average + (1.0 - decay) * value if trainable else value)
+            average.assign(decay * average + (1.0 - decay) * value if averaged else value)
         self.updates.assign_add(1)
 
     def copy_to(self, model):

@@ -125,6 +125,27 @@ def test_the_weight_average_warms_up_and_follows_the_weights():
     assert float(averaging.warmed_up_decay(0.995, 1000)) == pytest.approx(1001 / 1010)
 
 
+def test_the_weight_average_averages_batch_norm_statistics_and_copies_other_state():
+    inputs = keras.Input((2,))
+    outputs = keras.layers.SpectralNormalization(keras.layers.Dense(2))(keras.layers.BatchNormalization()(inputs))
+    model = keras.Model(inputs, outputs)
+    mean = model.layers[1].moving_mean
+    average = averaging.WeightAverage(model, 0.5)
+    expected = mean.numpy()
+    for t in range(5):  # the live statistic moves towards 3; the average follows it with decay_t
+        model(np.full((4, 2), 3.0, np.float32), training=True)
+        average.update()
+        decay = float(averaging.warmed_up_decay(0.5, t))
+        expected = decay * expected + (1 - decay) * mean.numpy()
+    twin = keras.models.clone_model(model)
+    average.copy_to(twin)
+    copied = dict(zip((v.path for v in model.variables), twin.variables))
+    np.testing.assert_allclose(copied[mean.path].numpy(), expected, rtol=1e-5)
+    assert not np.allclose(expected, mean.numpy())  # the average, not the live statistic
+    power_vector = model.layers[2].vector_u
+    np.testing.assert_array_equal(copied[power_vector.path].numpy(), power_vector.numpy())  # copied as it is
+
+
 def run(data_dir, out, *extra):
     return train.main(TINY_TRAIN_ARGS + ["--data-dir", str(data_dir), "--out", str(out), *extra])
 

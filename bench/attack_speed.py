@@ -43,9 +43,7 @@ JSON records the load average before and after).
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +59,8 @@ import tensorflow as tf  # noqa: E402
 from robgan_tf import attacks, data, evaluation, models, rundir  # noqa: E402
 from robgan_tf.config import AttackSettings  # noqa: E402
 
+from machine import machine_info  # noqa: E402  (bench/, the script's directory)
+
 tf.get_logger().setLevel("ERROR")  # ART's attacks retrace its compiled forward pass, and say so at length
 warnings.filterwarnings("ignore", message="PyTorch not found")  # ART's, on import
 
@@ -74,21 +74,6 @@ ACCEPT_SPEEDUP, ACCEPT_ACC_POINTS, ACCEPT_LIMIT = 3.0, 0.5, 1.15  # issue 17, se
 
 
 # ---------------------------------------------------------------- the machine and the versions
-
-def machine_info():
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "nice": os.nice(0)}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        info["cpu_model"] = fields.get("Model name", "")
-        info["cpu_flags"] = fields.get("Flags", "")
-        info["threads_per_core"] = fields.get("Thread(s) per core", "")
-    except (OSError, subprocess.SubprocessError) as e:
-        info["lscpu_error"] = str(e)
-    return info
-
 
 def versions():
     import art

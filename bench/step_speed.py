@@ -15,13 +15,19 @@ cost is then stated as a multiple of its limit, the passes the algorithm cannot 
   attacked reals, clean reals when D's real/fake head sees them, fakes; G's update is one pass
   of G and one of D),  finetune (2k + 2)·D + fwd-G.
 With --pipeline-check it also times pgd-at and robgan fed by the real input pipeline, against
-a batch already in memory.
+a batch already in memory. --mixed-precision computes in bfloat16/float16 (the attacks' input
+gradients stay float32); the JSON records the CPU (lscpu) and whether it has bf16 arithmetic.
+
+Each step is also stated in model FLOPs and achieved GFLOP/s. A forward pass of D or G costs
+F_D, F_G: 2 x the multiply-adds of its convolutions and matrix products per image, read from the
+shapes in its graph. A backward pass to the input costs about F again, and one to the weights too:
+  plain 3 F_D,  pgd-at 2k F_D + 3 F_D,  robgan 2k F_D + 3r F_D + F_G + (3 F_G + 2 F_D),
+  finetune 4k F_D + 6 F_D + F_G,  pass-d 3 F_D,  pass-g 3 F_G,  fwd-g F_G   (per image).
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,26 +36,84 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from machine import bf16_hardware, machine_info  # noqa: E402  (bench/, the script's directory)
+
 STEPS = ("pass-d", "pass-g", "fwd-g", "plain", "pgd-at", "robgan", "finetune")
 MODES = ("eager", "function", "xla")
 
 
 def child(spec):
     """Runs one configuration in this process and returns its measurements."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from robgan_tf import data, methods, models, trainer
+    from robgan_tf import data, distribute, methods
 
     dataset = data.load(spec["dataset"], spec["data_dir"])
     step, mode = spec["step"], spec["mode"]
     method = methods.get({"plain": "pgd-at", "pgd-at": "pgd-at"}.get(step, "robgan"))
     # one D update per step, as limits() counts, and the same D (real/fake head normalised) for every step
     config = methods.config_for(spec["dataset"], method.name, {**spec["model"], "xla": mode == "xla", "n_dis": 1,
-                                                               "spectral_norm": "head"})
+                                                               "spectral_norm": "head",
+                                                               "mixed_precision": spec["mixed_precision"]})
     if step == "plain":
         config = config.replace(pgd_steps=0)  # standard training: no attack
+    with distribute.dtype_policy(config.mixed_precision):
+        if step == "flops":
+            return model_flops(config, dataset)
+        return timed(step_function(spec, config, dataset, method), spec, config.batch_size)
+
+
+def model_flops(config, dataset):
+    """F_D and F_G: the forward-pass model FLOPs per image of D and G."""
+    import tensorflow as tf
+
+    from robgan_tf import models
+
+    discriminator = models.build_discriminator(dataset.image_shape, dataset.num_classes, config.width, config.depth,
+                                               config.spectral_norm)
+    generator = models.build_generator(dataset.image_shape, dataset.num_classes, config.g_width, config.z_dim)
+
+    def images(n):
+        return [tf.TensorSpec((n, *dataset.image_shape), tf.float32)]
+
+    def codes(n):
+        return [tf.TensorSpec((n, config.z_dim), tf.float32), tf.TensorSpec((n,), tf.int32)]
+
+    return {"d_forward_flops": per_image_flops(discriminator, images),
+            "g_forward_flops": per_image_flops(generator, codes)}
+
+
+def per_image_flops(model, specs):
+    """2 x the multiply-adds of every Conv2D and MatMul in `model`'s inference graph, per image:
+    the graph's count for 2 images less its count for 1, which leaves out work on the weights
+    alone (such as spectral norm's power iteration)."""
+    import tensorflow as tf
+
+    def graph_flops(n):
+        inputs = specs(n)
+        graph = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False)) \
+            .get_concrete_function(*inputs).graph
+        total = 0
+        for op in graph.get_operations():
+            if op.type == "Conv2D":  # output elements x (kernel height x width x input channels)
+                kernel = op.inputs[1].shape
+                total += 2 * op.outputs[0].shape.num_elements() * kernel[0] * kernel[1] * kernel[2]
+            elif op.type in ("MatMul", "BatchMatMulV2"):  # output elements x the contracted size
+                a = op.inputs[0].shape
+                contracted = a[-2] if op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x") else a[-1]
+                total += 2 * op.outputs[0].shape.num_elements() * contracted
+        return total
+
+    return graph_flops(2) - graph_flops(1)
+
+
+def step_function(spec, config, dataset, method):
+    """A function that runs one step of `spec["step"]` in `spec["mode"]`."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from robgan_tf import data, models, trainer
+
+    step, mode = spec["step"], spec["mode"]
     batch = config.batch_size
     keras.utils.set_random_seed(0)
     x = data.to_float(dataset.x_train[:batch])
@@ -86,6 +150,12 @@ def child(spec):
         model.make_train_function()
         iterator = iter(batches)
         run = lambda: model.train_function(iterator)  # noqa: E731
+    return run
+
+
+def timed(run, spec, batch):
+    """Seconds per step of `run` (median of the timed windows after warm-up) and peak memory."""
+    import tensorflow as tf
 
     started = time.perf_counter()
     tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, run())
@@ -124,6 +194,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one traces)")
     p.add_argument("--pipeline-check", action="store_true",
                    help="also time pgd-at and robgan fed by the real input pipeline (function mode)")
+    p.add_argument("--mixed-precision", default="none", choices=("none", "mixed_bfloat16", "mixed_float16"),
+                   help="compute in bfloat16/float16 (attack input gradients stay float32)")
     p.add_argument("--out", default=os.path.join("bench", "results", "step_speed.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -138,31 +210,41 @@ def main(argv=None):
     plan = [(d, s, m, False) for d in args.datasets for s in args.steps for m in args.modes]
     if args.pipeline_check:
         plan += [(d, s, "function", True) for d in args.datasets for s in ("pgd-at", "robgan")]
+    machine = machine_info()
+    print(f"CPU: {machine.get('cpu_model', '?')}, {machine['cpus']} CPUs, bf16 arithmetic: "
+          f"{', '.join(bf16_hardware(machine)) or 'none'}; computing in {args.mixed_precision}", flush=True)
     rows, started = [], time.time()
-    for dataset, step, mode, pipeline in plan:
+
+    def run_child(dataset, step, mode="function", pipeline=False):
         slow = mode != "function"  # eager and (on CPU) XLA steps are slow: fewer, shorter windows
         spec = {"dataset": dataset, "data_dir": args.data_dir, "model": preset[dataset], "step": step,
-                "mode": mode, "pipeline": pipeline, "warmup": 1 if slow else args.warmup,
-                "windows": 3 if slow else args.windows, "window_steps": 1 if slow else args.window_steps}
+                "mode": mode, "pipeline": pipeline, "mixed_precision": args.mixed_precision,
+                "warmup": 1 if slow else args.warmup, "windows": 3 if slow else args.windows,
+                "window_steps": 1 if slow else args.window_steps}
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
                               capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{dataset} {step} {mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            rows.append({"dataset": dataset, "step": step, "mode": mode, "pipeline": pipeline, "error":
-                         proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no result"})
-            continue
-        row = {"dataset": dataset, "step": step, "mode": mode, "pipeline": pipeline, **json.loads(lines[0][7:])}
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no result"}
+        return json.loads(lines[0][7:])
+
+    flops = {dataset: run_child(dataset, "flops") for dataset in args.datasets}
+    for dataset, step, mode, pipeline in plan:
+        row = {"dataset": dataset, "step": step, "mode": mode, "pipeline": pipeline,
+               **run_child(dataset, step, mode, pipeline)}
         rows.append(row)
+        if "error" in row:
+            continue
         print(f"{dataset:8s} {step:9s} {mode:8s}{' pipeline' if pipeline else ''}: "
               f"{row['images_per_second']:8.1f} img/s, {1000 * row['seconds_per_step']:8.1f} ms/step, "
               f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
 
-    summary = summarise(rows, preset, {d: methods.config_for(d).real_rf_input for d in args.datasets})
-    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpus": os.cpu_count()},
+    summary = summarise(rows, preset, {d: methods.config_for(d).real_rf_input for d in args.datasets}, flops)
+    result = {"machine": machine, "mixed_precision": args.mixed_precision,
               "command": "python bench/step_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "preset": "full" if args.full else "quick", "models": preset, "rows": rows, "summary": summary,
+              "preset": "full" if args.full else "quick", "models": preset, "model_flops": flops, "rows": rows,
+              "summary": summary,
               "wall_seconds": round(time.time() - started, 1)}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
@@ -172,9 +254,19 @@ def main(argv=None):
     return 0
 
 
-def summarise(rows, preset, real_rf_inputs):
+def step_flops(cfg, real_rf_input, f_d, f_g):
+    """Model FLOPs per image of each step (the module docstring's formulas)."""
+    k = cfg["pgd_steps"]
+    d_batches = 3 if real_rf_input == "clean" else 2
+    return {"pass-d": 3 * f_d, "pass-g": 3 * f_g, "fwd-g": f_g, "plain": 3 * f_d, "pgd-at": 2 * k * f_d + 3 * f_d,
+            "robgan": 2 * k * f_d + 3 * d_batches * f_d + f_g + 3 * f_g + 2 * f_d,
+            "finetune": 4 * k * f_d + 6 * f_d + f_g}
+
+
+def summarise(rows, preset, real_rf_inputs, flops):
     """Per dataset and step: ms/step per mode, the default mode against the fastest, the cost
-    as a multiple of the limit (in the default mode), and the input-pipeline overhead."""
+    as a multiple of the limit (in the default mode), the achieved GFLOP/s (default mode) and
+    the input-pipeline overhead."""
     timing = {(r["dataset"], r["step"], r["mode"], r["pipeline"]): r["seconds_per_step"]
               for r in rows if "error" not in r}
     out = []
@@ -183,6 +275,9 @@ def summarise(rows, preset, real_rf_inputs):
         g_pass = timing.get((dataset, "pass-g", "function", False))
         g_fwd = timing.get((dataset, "fwd-g", "function", False))
         need = limits(preset[dataset], real_rf_inputs[dataset])
+        model = flops.get(dataset, {})
+        work = (step_flops(preset[dataset], real_rf_inputs[dataset], model["d_forward_flops"],
+                           model["g_forward_flops"]) if "d_forward_flops" in model else {})
         for step in dict.fromkeys(r["step"] for r in rows if r["dataset"] == dataset):
             modes = {m: timing[(dataset, step, m, False)] for m in MODES if (dataset, step, m, False) in timing}
             if not modes:
@@ -195,6 +290,10 @@ def summarise(rows, preset, real_rf_inputs):
                 limit = n_d * d_pass + n_g * (g_pass or 0) + n_gf * (g_fwd or 0)
                 row["limit_ms"] = round(1000 * limit, 1)
                 row["cost_vs_limit"] = round(modes["function"] / limit, 3)
+            if step in work and "function" in modes:
+                batch = preset[dataset]["batch_size"]
+                row["mflop_per_image"] = round(work[step] / 1e6, 1)
+                row["gflop_per_s"] = round(work[step] * batch / modes["function"] / 1e9, 2)
             piped = timing.get((dataset, step, "function", True))
             if piped and "function" in modes:
                 row["pipeline_vs_in_memory"] = round(piped / modes["function"], 3)
@@ -204,7 +303,7 @@ def summarise(rows, preset, real_rf_inputs):
 
 def table(summary):
     columns = ("dataset", "step", "eager_ms", "function_ms", "xla_ms", "default_vs_fastest", "limit_ms",
-               "cost_vs_limit", "pipeline_vs_in_memory")
+               "cost_vs_limit", "mflop_per_image", "gflop_per_s", "pipeline_vs_in_memory")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in summary]
     return "\n".join(lines)

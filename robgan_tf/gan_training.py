@@ -45,22 +45,25 @@ class RobGAN(AdversarialStage):
         self.step_optimizer = d_optimizer
 
     def train_step(self, data):
-        """n_dis D updates, each on its own 1/n_dis of the batch, then one G update."""
+        """n_dis D updates, each on its own 1/n_dis of the batch, then one G update on the last D
+        update's fakes (so G's forward pass runs once per fake, not twice)."""
         x, y = data
         for x_part, y_part in zip(tf.split(x, self.n_dis), tf.split(y, self.n_dis)):
-            self.discriminator_step(x_part, y_part)
+            g_tape, x_fake, y_fake = self.discriminator_step(x_part, y_part)
         step = tf.convert_to_tensor(self.g_optimizer.iterations)
-        *_, s_z, s_y, _, s_augment = self.seeds(step, 7)  # salts 3, 4, 6: never the D step's
-        return self.record(g_loss=self.generator_step(tf.shape(x)[0] // self.n_dis, s_z, s_y, s_augment))
+        s_augment = self.seeds(step, 7)[6]  # salt 6: never the D step's
+        return self.record(g_loss=self.generator_step(g_tape, x_fake, y_fake, s_augment))
 
     def discriminator_step(self, x, y):
+        """One D update; returns the fakes it drew, with the tape of G's forward pass."""
         step = tf.convert_to_tensor(self.d_optimizer.iterations)
-        s_attack, s_z, s_y, *_, s_augment = self.seeds(step, 6)  # salts 3, 4: the G step's
+        s_attack, s_z, s_y, *_, s_augment = self.seeds(step, 6)
         eps = self.current_eps(step)
-        # Attack the real images; draw the fakes.
+        # Attack the real images; draw the fakes, recording G's forward pass for G's update.
         x_adv = self.attack(x, y, eps, s_attack)
         z, y_fake = self.sample_inputs(tf.shape(x)[0], s_z, s_y)
-        x_fake = self.generator([z, y_fake], training=True)
+        with tf.GradientTape() as g_tape:
+            x_fake = self.generator([z, y_fake], training=True)
         # D's loss on attacked reals (classes), reals (real/fake) and fakes, the real/fake inputs
         # augmented alike.
         with tf.GradientTape() as tape:
@@ -77,18 +80,19 @@ class RobGAN(AdversarialStage):
         rf_acc = 0.5 * (tf.cast(real_rf[:, 0] > 0, tf.float32) + tf.cast(fake["adv"][:, 0] < 0, tf.float32))
         self.record(d_loss=tf.reduce_mean(d_losses), adv_acc=accuracy(y, real["cls"]),
                     fake_acc=accuracy(y_fake, fake["cls"]), rf_acc=rf_acc, eps=eps)
+        return g_tape, x_fake, y_fake
 
-    def generator_step(self, batch, seed_z, seed_y, seed_augment):
-        z, labels = self.sample_inputs(batch, seed_z, seed_y)
-        # G's loss through D on fresh fakes (augmented as D saw them).
-        with tf.GradientTape() as tape:
-            fake = self.judge(augment(self.generator([z, labels], training=True), seed_augment, self.diffaugment),
-                              labels)
+    def generator_step(self, g_tape, x_fake, labels, seed_augment):
+        # G's loss through the updated D on the fakes (augmented as D saw them), continuing the
+        # tape that recorded G's forward pass.
+        with g_tape:
+            fake = self.judge(augment(x_fake, seed_augment, self.diffaugment), labels)
             g_losses = losses.robgan_generator_loss(labels, fake["cls"], fake["adv"], self.g_class_weight,
                                                     self.gan_loss)
             g_loss = mean_loss(self.g_optimizer, g_losses)
         # Update G and its weight average.
-        self.apply(self.g_optimizer, tape, g_loss, self.generator.trainable_variables, average=self.generator_average)
+        self.apply(self.g_optimizer, g_tape, g_loss, self.generator.trainable_variables,
+                   average=self.generator_average)
         return tf.reduce_mean(g_losses)
 
 

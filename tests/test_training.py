@@ -55,6 +55,34 @@ def test_n_dis_makes_n_discriminator_updates_per_generator_update(tiny_dataset):
     assert model.trackers["g_loss"].result() > 0
 
 
+class _CountingGenerator(keras.Model):
+    """G, counting its forward passes."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator, self.passes = generator, 0
+
+    @property
+    def input(self):
+        return self.generator.input
+
+    def call(self, inputs, training=False):
+        self.passes += 1
+        return self.generator(inputs, training=training)
+
+
+def test_g_runs_forward_once_per_d_update_and_its_update_reuses_the_fakes(tiny_dataset):
+    g, d = _models(tiny_dataset)
+    counting = _CountingGenerator(g)
+    model = RobGAN(counting, d, models.classifier_from(d), eps=0.1, pgd_steps=1, n_dis=2)
+    model.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+    g0 = _weights(g)
+    x, y = _batch(tiny_dataset)
+    model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0)
+    assert counting.passes == 2, "one G forward pass per D update, none more for G's update"
+    assert all(_changed(g0, g)), "G is still updated, through the fakes it drew for D"
+
+
 def test_finetuning_changes_the_classifier_only(tiny_dataset):
     g, d = _models(tiny_dataset)
     model = FineTuner(g, models.classifier_from(d), eps=0.1, pgd_steps=2, lam=0.5)

@@ -25,6 +25,29 @@ def jit_options(config):
     return {"model_jit": config.xla and not distributed, "attack_jit": config.xla and distributed}
 
 
+def bf16_hardware():
+    """What here computes bfloat16 natively, in words (a GPU of compute capability 8.0 or more, or
+    a CPU with AVX512-BF16 or AMX-BF16, from Linux's /proc/cpuinfo), or None."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability and tuple(capability) >= (8, 0):
+            return f"GPU compute capability {capability[0]}.{capability[1]}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return None
+    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return f"CPU {', '.join(found)}" if found else None
+
+
+def resolve_precision(name):
+    """--mixed-precision as computed: auto is mixed_bfloat16 where bf16_hardware() finds any, else none."""
+    if name != "auto":
+        return name
+    return "mixed_bfloat16" if bf16_hardware() else "none"
+
+
 @contextlib.contextmanager
 def dtype_policy(name):
     """Layers built inside compute in `name` (e.g. mixed_float16); the global policy is restored."""

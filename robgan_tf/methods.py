@@ -203,8 +203,9 @@ def get(name):
 
 def config_for(dataset, method="robgan", settings=None, explicit=()):
     """The run's Config: Config's defaults, then the dataset's, the method's for the dataset,
-    `settings`, and what the method fixes; checked (ranges, then the method's own rules).
-    Settings named in `explicit` (set by the user) that the method does not use are refused."""
+    `settings` (--mixed-precision auto resolved for this machine), and what the method fixes;
+    checked (ranges, then the method's own rules). Settings named in `explicit` (set by the user)
+    that the method does not use are refused."""
     spec = get(method)
     unknown = sorted(set(settings or {}) - {f.name for f in dataclasses.fields(cfg.Config)})
     if unknown:
@@ -215,6 +216,7 @@ def config_for(dataset, method="robgan", settings=None, explicit=()):
     values = {**cfg.dataset_defaults(dataset), **spec.defaults.get(dataset, {}), **(settings or {}),
               "dataset": dataset, "method": method}
     config = cfg.Config(**values)
+    config = config.replace(mixed_precision=distribute.resolve_precision(config.mixed_precision))
     config = config.replace(**spec.fixed(config))
     cfg.check(config)
     spec.check(config)

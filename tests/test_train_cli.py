@@ -336,12 +336,29 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     assert "resuming cotrain epoch 1 at batch 2/4" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512_bf16 avx512f", "mixed_bfloat16"),
+                                             ("fpu avx2 amx_bf16", "mixed_bfloat16"),
+                                             ("fpu avx2 avx512f", "none")])
+def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(monkeypatch, tmp_path, flags, expected):
+    from robgan_tf import distribute
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))
+    assert methods.config_for("mnist", settings={"mixed_precision": "auto"}).mixed_precision == expected
+    assert methods.config_for("mnist", settings={"mixed_precision": "none"}).mixed_precision == "none"
+    assert (distribute.bf16_hardware() is not None) == (expected != "none")
+
+
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_run_keeps_losses_finite(tiny_data_dir, tmp_path, precision):
+def test_mixed_precision_run_keeps_losses_finite(tiny_data_dir, tmp_path, capsys, precision):
     import keras
 
     out = tmp_path / "run"
     assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "1", "--mixed-precision", precision) == 0
+    assert f"computing in {precision}" in capsys.readouterr().out  # the log says what computes
     assert keras.mixed_precision.global_policy().name == "float32", "the global policy is restored"
     rows = [dict(zip(methods.get("robgan").metric_columns(), r.split(","))) for r in
             (out / rundir.METRICS_CSV).read_text().splitlines()[1:]]

@@ -19,8 +19,3 @@ def machine_info():
         info["lscpu_error"] = str(e)
     return info
 
-
-def bf16_hardware(info):
-    """Whether the CPU has bfloat16 arithmetic (AVX512-BF16 or AMX-BF16), from lscpu's flags."""
-    flags = set(info.get("cpu_flags", "").split())
-    return sorted(flags & {"avx512_bf16", "amx_bf16"})

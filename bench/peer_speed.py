@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from machine import bf16_hardware, machine_info  # noqa: E402  (bench/, the script's directory)
+from machine import machine_info  # noqa: E402  (bench/, the script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNITS = ("pgd5", "robgan")
@@ -103,9 +103,11 @@ def main(argv=None):
             sys.exit(f"{label} failed:\n{proc.stderr[-3000:]}")
         return json.loads(lines[-1][7:])
 
-    machine, started = machine_info(), time.time()
-    print(f"CPU: {machine.get('cpu_model', '?')}, {machine['cpus']} CPUs, bf16 arithmetic: "
-          f"{', '.join(bf16_hardware(machine)) or 'none'}; {args.threads} threads a side", flush=True)
+    from robgan_tf import distribute
+
+    machine, started = {**machine_info(), "bf16_hardware": distribute.bf16_hardware()}, time.time()
+    print(f"CPU: {machine.get('cpu_model', '?')}, {machine['cpus']} CPUs, bfloat16 hardware: "
+          f"{machine['bf16_hardware'] or 'none found'}; {args.threads} threads a side", flush=True)
     result = {"machine": machine, "command": "python bench/peer_speed.py " + " ".join(argv or sys.argv[1:]),
               "commit": git_commit(os.path.dirname(HERE)), "settings": {**OFFICIAL, "n_dis": N_DIS},
               "threads": args.threads, "ours": {}}

@@ -118,7 +118,8 @@ def forward_flops(model, forward):
             per_output = layer.in_features
         total[0] += 2 * output.numel() * per_output
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    counted = (torch.nn.Conv2d, torch.nn.Linear)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, counted)]
     was_training = model.training
     model.eval()
     with torch.no_grad():

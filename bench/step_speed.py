@@ -21,7 +21,8 @@ gradients stay float32); the JSON records the CPU (lscpu) and whether it has bf1
 Each step is also stated in model FLOPs and achieved GFLOP/s. A forward pass of D or G costs
 F_D, F_G: 2 x the multiply-adds of its convolutions and matrix products per image, read from the
 shapes in its graph. A backward pass to the input costs about F again, and one to the weights too:
-  plain 3 F_D,  pgd-at 2k F_D + 3 F_D,  robgan 2k F_D + 3r F_D + F_G + (3 F_G + 2 F_D),
+  plain 3 F_D,  pgd-at 2k F_D + 3 F_D,  robgan 2k F_D + 3r F_D + F_G + (2 F_G + 2 F_D)  (G's update
+  reuses D's fakes: D forward and backward to the image, G backward),
   finetune 4k F_D + 6 F_D + F_G,  pass-d 3 F_D,  pass-g 3 F_G,  fwd-g F_G   (per image).
 """
 
@@ -36,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from machine import bf16_hardware, machine_info  # noqa: E402  (bench/, the script's directory)
+from machine import machine_info  # noqa: E402  (bench/, the script's directory)
 
 STEPS = ("pass-d", "pass-g", "fwd-g", "plain", "pgd-at", "robgan", "finetune")
 MODES = ("eager", "function", "xla")
@@ -203,16 +204,16 @@ def main(argv=None):
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return 0
 
-    from robgan_tf import methods
+    from robgan_tf import distribute, methods
     from robgan_tf.config import PRESETS
 
     preset = PRESETS["full" if args.full else "quick"]
     plan = [(d, s, m, False) for d in args.datasets for s in args.steps for m in args.modes]
     if args.pipeline_check:
         plan += [(d, s, "function", True) for d in args.datasets for s in ("pgd-at", "robgan")]
-    machine = machine_info()
-    print(f"CPU: {machine.get('cpu_model', '?')}, {machine['cpus']} CPUs, bf16 arithmetic: "
-          f"{', '.join(bf16_hardware(machine)) or 'none'}; computing in {args.mixed_precision}", flush=True)
+    machine = {**machine_info(), "bf16_hardware": distribute.bf16_hardware()}
+    print(f"CPU: {machine.get('cpu_model', '?')}, {machine['cpus']} CPUs, bfloat16 hardware: "
+          f"{machine['bf16_hardware'] or 'none found'}; computing in {args.mixed_precision}", flush=True)
     rows, started = [], time.time()
 
     def run_child(dataset, step, mode="function", pipeline=False):
@@ -259,7 +260,7 @@ def step_flops(cfg, real_rf_input, f_d, f_g):
     k = cfg["pgd_steps"]
     d_batches = 3 if real_rf_input == "clean" else 2
     return {"pass-d": 3 * f_d, "pass-g": 3 * f_g, "fwd-g": f_g, "plain": 3 * f_d, "pgd-at": 2 * k * f_d + 3 * f_d,
-            "robgan": 2 * k * f_d + 3 * d_batches * f_d + f_g + 3 * f_g + 2 * f_d,
+            "robgan": 2 * k * f_d + 3 * d_batches * f_d + f_g + 2 * f_g + 2 * f_d,
             "finetune": 4 * k * f_d + 6 * f_d + f_g}
 
 

@@ -22,9 +22,10 @@ def is_moving_statistic(variable):
 
 class WeightAverage(tf.Module):
     """avg ← decay_t·avg + (1 - decay_t)·w for every trainable variable w of `model` and every
-    batch normalisation's moving statistic, so that the averaged weights normalise with
-    statistics of their own (G's); other non-trainable variables, such as spectral norm's
-    power-iteration vectors, are copied as they are."""
+    batch normalisation's moving statistic (averaged like the weights, as timm's ModelEma does,
+    rather than the live model's latest; BigGAN instead recomputes them for the averaged
+    weights); other non-trainable variables, such as spectral norm's power-iteration vectors,
+    are copied as they are."""
 
     def __init__(self, model, decay, name="weight_average"):
         super().__init__(name=name)

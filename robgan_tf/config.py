@@ -123,8 +123,9 @@ class Config:
     xla: bool = setting(False, "compile the train step with XLA (jit_compile); slower on CPUs")
     mixed_precision: str = setting("none", "compute in float16/bfloat16 (loss scaling for float16); auto: "
                                            "bfloat16 where the hardware computes it (a GPU of compute capability "
-                                           "8+, a CPU with AVX512-BF16 or AMX), else float32. Evaluation, "
-                                           "validation and export attack and answer in float32",
+                                           "8+, a CPU with AVX512-BF16 or AMX), else float32. Attack perturbations "
+                                           "and losses stay float32; evaluation, validation and export run "
+                                           "in float32",
                                    choices=("none", "auto", "mixed_float16", "mixed_bfloat16"))
 
     def replace(self, **changes):

@@ -25,15 +25,20 @@ def jit_options(config):
     return {"model_jit": config.xla and not distributed, "attack_jit": config.xla and distributed}
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
 def bf16_hardware():
-    """What here computes bfloat16 natively, in words (a GPU of compute capability 8.0 or more, or
-    a CPU with AVX512-BF16 or AMX-BF16, from Linux's /proc/cpuinfo), or None."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability and tuple(capability) >= (8, 0):
-            return f"GPU compute capability {capability[0]}.{capability[1]}"
+    """What computes bfloat16 natively here, in words, or None: with GPUs, every GPU at compute
+    capability 8.0 or more; without, a CPU with AVX512-BF16 or AMX-BF16 (Linux's CPUINFO flags)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability") for gpu in gpus]
+        if all(c and tuple(c) >= (8, 0) for c in capabilities):
+            return f"GPU compute capability {min(capabilities)[0]}.{min(capabilities)[1]}"
+        return None
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(CPUINFO) as f:
             flags = {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
     except OSError:
         return None

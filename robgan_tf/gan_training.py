@@ -57,7 +57,7 @@ class RobGAN(AdversarialStage):
     def discriminator_step(self, x, y):
         """One D update; returns the fakes it drew, with the tape of G's forward pass."""
         step = tf.convert_to_tensor(self.d_optimizer.iterations)
-        s_attack, s_z, s_y, *_, s_augment = self.seeds(step, 6)
+        s_attack, s_z, s_y, *_, s_augment = self.seeds(step, 6)  # salts 3, 4 unused: they were G's fresh fakes
         eps = self.current_eps(step)
         # Attack the real images; draw the fakes, recording G's forward pass for G's update.
         x_adv = self.attack(x, y, eps, s_attack)

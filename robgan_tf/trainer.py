@@ -50,8 +50,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     own_dir = distribute.worker_dir(strategy, out_dir)
     rundir.prepare(own_dir, config, dataset.class_names, overwrite, normalise=methods.normalise,
                    data=dataset.identity())
-    hardware = distribute.bf16_hardware() if config.mixed_precision == "mixed_bfloat16" else None
-    print(f"computing in {config.mixed_precision.replace('none', 'float32')}" + (f" ({hardware})" if hardware else ""))
+    print(f"computing in {config.mixed_precision.replace('none', 'float32')}; bfloat16 hardware: "
+          f"{distribute.bf16_hardware() or 'none found'}")
     keras.utils.set_random_seed(config.seed)
     steps = {stage.name: d.steps * stage.epochs(config) for stage, d in zip(method.stages, stage_data)}
     with strategy.scope(), distribute.dtype_policy(config.mixed_precision):

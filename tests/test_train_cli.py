@@ -336,20 +336,23 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     assert "resuming cotrain epoch 1 at batch 2/4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512_bf16 avx512f", "mixed_bfloat16"),
-                                             ("fpu avx2 amx_bf16", "mixed_bfloat16"),
-                                             ("fpu avx2 avx512f", "none")])
-def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(monkeypatch, tmp_path, flags, expected):
+@pytest.mark.parametrize("flags, gpus, expected", [("fpu avx2 avx512_bf16 avx512f", [], "mixed_bfloat16"),
+                                                   ("fpu avx2 amx_bf16", [], "mixed_bfloat16"),
+                                                   ("fpu avx2 avx512f", [], "none"),
+                                                   ("fpu avx2 avx512_bf16", [(8, 0)], "mixed_bfloat16"),
+                                                   ("fpu avx2 avx512_bf16", [(8, 6), (7, 5)], "none")])
+def test_auto_precision_is_bfloat16_where_the_hardware_computes_it(monkeypatch, tmp_path, flags, gpus, expected):
+    import tensorflow as tf
+
     from robgan_tf import distribute
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
-                                                                          *a, **k))
+    monkeypatch.setattr(distribute, "CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(range(len(gpus))))
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda i: {"compute_capability": gpus[i]})
     assert methods.config_for("mnist", settings={"mixed_precision": "auto"}).mixed_precision == expected
     assert methods.config_for("mnist", settings={"mixed_precision": "none"}).mixed_precision == "none"
-    assert (distribute.bf16_hardware() is not None) == (expected != "none")
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])

@@ -108,7 +108,8 @@ class EpochReport(keras.callbacks.Callback):
         self.resumed_at = 0
         rundir.write_metrics_row(self.out_dir, row, self.columns)
         if "val_pgd10_acc" in row:  # robust overfitting, made visible
-            training_curves(rundir.read_metrics_rows(self.out_dir), os.path.join(self.out_dir, rundir.CURVES))
+            training_curves(rundir.read_metrics_rows(self.out_dir), os.path.join(self.out_dir, rundir.CURVES),
+                            (rundir.read_best(self.out_dir) or {}).get("epoch"))
 
 
 class _RobustAccuracy:

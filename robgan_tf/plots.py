@@ -76,10 +76,10 @@ def adversarial_examples(x, x_adv, y, clean_pred, adv_pred, class_names, path, n
     plt.close(fig)
 
 
-def training_curves(rows, path):
+def training_curves(rows, path, best_epoch=None):
     """Per epoch: the training batches' attacked accuracy against clean and PGD-10 accuracy on the
     validation split (rows of metrics.csv); a gap that widens while validation falls is robust
-    overfitting (Rice et al. 2020). The best validation epoch is marked."""
+    overfitting (Rice et al. 2020). `best_epoch`, the epoch kept as the best, is marked."""
     rows = [r for r in rows if r.get("val_pgd10_acc")]
     epochs = [int(r["epoch"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -87,9 +87,8 @@ def training_curves(rows, path):
                        ("val_pgd10_acc", "validation, PGD-10")):
         values = [float(r[key]) if r.get(key) else np.nan for r in rows]
         ax.plot(epochs, values, marker="." if len(rows) < 40 else None, label=label)
-    if rows:
-        best = max(rows, key=lambda r: float(r["val_pgd10_acc"]))
-        ax.axvline(int(best["epoch"]), color="grey", linestyle=":", label=f"best epoch ({best['epoch']})")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

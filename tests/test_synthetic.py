@@ -191,3 +191,17 @@ def test_the_plain_conditional_gan_trains_on_clean_images(tiny_dataset):
     assert config.finetune_epochs == 0 and [s.name for s in methods.get("cgan").stages] == ["cotrain"]
     with pytest.raises(methods.cfg.ConfigError, match="attacks no image"):
         methods.config_for("tiny", "cgan", {"pgd_steps": 3}, explicit={"pgd_steps": 3})
+
+
+def test_the_curves_mark_the_epoch_kept_as_best(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from robgan_tf import plots
+
+    # epochs 1 and 2 tie on PGD-10; the kept one (best.json) is 2, the cleaner
+    rows = [{"epoch": str(e), "adv_acc": "0.3", "val_clean_acc": c, "val_pgd10_acc": r}
+            for e, c, r in ((1, "0.3", "0.2"), (2, "0.4", "0.2"), (3, "0.5", "0.1"))]
+    marked = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda self, x, **kwargs: marked.append(x))
+    plots.training_curves(rows, tmp_path / "curves.png", best_epoch=2)
+    assert marked == [2] and (tmp_path / "curves.png").is_file()

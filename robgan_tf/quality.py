@@ -26,6 +26,9 @@ COLLAPSE_GAN_TEST = 0.5
 COLLAPSE_DIVERSITY = 0.3
 
 
+REFERENCE_LEARNING_RATE = 1e-3  # Adam's, for the reference CNN and GAN-train's
+
+
 def build_reference_classifier(image_shape, num_classes):
     """The small plain CNN behind GAN-test accuracy."""
     inputs = keras.Input(image_shape)
@@ -52,7 +55,7 @@ def fit_reference_classifier(x, y, num_classes, steps, seed=0, verbose="auto"):
 def _compiled_reference_classifier(image_shape, num_classes, seed):
     keras.utils.set_random_seed(seed)
     model = build_reference_classifier(image_shape, num_classes)
-    model.compile(keras.optimizers.Adam(1e-3),
+    model.compile(keras.optimizers.Adam(REFERENCE_LEARNING_RATE),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -173,8 +176,10 @@ class GeneratorQuality:
             self._cnn = _compiled_reference_classifier(x.shape[1:], self.num_classes, self.seed)
             self._first_weights = self._cnn.get_weights()
         self._cnn.set_weights(self._first_weights)
-        for variable in self._cnn.optimizer.variables:
-            variable.assign(keras.ops.zeros_like(variable))
+        optimizer = self._cnn.optimizer
+        for variable in optimizer.variables:  # the step count and the moments; the learning rate is one
+            variable.assign(keras.ops.zeros_like(variable))  # of them too, and is set back below
+        optimizer.learning_rate = REFERENCE_LEARNING_RATE
         return _train(self._cnn, x, y, self.gan_train_steps, self.seed, verbose=0)
 
     def __call__(self, generator):

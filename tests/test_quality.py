@@ -64,6 +64,16 @@ def test_class_correct_diverse_generator_passes(tiny_dataset, trained_classifier
     assert quality.collapse_warning(scores) is None
 
 
+def test_gan_train_learns_again_at_every_score(tiny_dataset, trained_classifier):
+    # GAN-train's CNN is set back to its first weights and optimizer state before each score; the
+    # learning rate must survive that reset, or every score after the first is an untrained CNN's
+    scorer = quality.GeneratorQuality(tiny_dataset, trained_classifier, per_class=20)
+    first, second = (scorer(_real_image_generator(tiny_dataset))["gan_train_accuracy"] for _ in range(2))
+    assert scorer.real_train_accuracy > 0.8
+    assert first > 0.8 and second > 0.8
+    assert float(scorer._cnn.optimizer.learning_rate) == pytest.approx(quality.REFERENCE_LEARNING_RATE)
+
+
 def test_feature_diversity_and_frechet_distance_of_collapsed_and_real_generators(tiny_dataset, trained_classifier):
     scorer = quality.GeneratorQuality(tiny_dataset, trained_classifier, per_class=20)
     real, collapsed = scorer(_real_image_generator(tiny_dataset)), scorer(_real_image_generator(tiny_dataset, 1))

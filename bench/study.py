@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robgan_tf import data, evaluation, methods, report, rundir, synthetic, trainer  # noqa: E402
+from robgan_tf import data, evaluation, methods, quality, report, rundir, synthetic, trainer  # noqa: E402
 from robgan_tf.config import AttackSettings, Config  # noqa: E402
 from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained, study_bars  # noqa: E402
 
@@ -178,6 +178,29 @@ def _generator_first(methods, state):
     return None
 
 
+def variant_settings(name, out):
+    """A variant's settings, with the study GAN runs it names ("{robgan}", "{cgan}") as their folders."""
+    folders = {gan: os.path.join(out, gan) for gan in GENERATORS}
+    return {k: v.format(**folders) if isinstance(v, str) else v for k, v in VARIANTS[name].items()}
+
+
+def data_source(name):
+    """The study GAN run whose sampled set a variant trains on, or None."""
+    return next((g for g in GENERATORS if "{" + g + "}" in str(VARIANTS[name].get("synthetic"))), None)
+
+
+def no_time_left(name, gan, entry, budget_seconds, base, dataset):
+    """Why a GAN-data variant's classifier would get less than one epoch of the budget left after
+    its generator's training and sampling, or None."""
+    (step,) = entry["step_seconds"].values()
+    if budget_seconds >= steps_per_epoch(base, dataset)[0] * step:
+        return None
+    spent = (entry["generator_seconds"] + entry["sampling_seconds"]) / 60
+    return (f"{name}: training {gan}'s generator and sampling it took {spent:.1f} minutes, which leaves its "
+            f"classifier less than one epoch of the budget; raise --budget-minutes, or pass --no-count-generator "
+            f"to give it the whole budget (its row then shows the generator's minutes on top)")
+
+
 def generator_seconds(name, state, out):
     """The time it took to train a study GAN's generator: robgan's co-training, or all of cgan's."""
     entry = state["methods"][name]
@@ -206,6 +229,24 @@ def sample_set(gan, state, out, n, seed):
     return path, state[key]
 
 
+def generator_scores(gan, state, out, dataset):
+    """A study GAN run's final generator scored as a data source (quality.GeneratorQuality: GAN-test,
+    GAN-train against the same CNN trained on the run's real training images, diversity, Frechet
+    distance), with the run's reference CNN; computed once and kept in the study state."""
+    scores = state.setdefault("generator_scores", {})
+    if gan not in scores:
+        import keras
+
+        print(f"== scoring {gan}'s generator as a data source ...")
+        run, config = os.path.join(out, gan), Config(**state["methods"][gan]["config"])
+        _, (x, y) = data.split_validation(dataset.x_train, dataset.y_train, config.val_examples, config.seed)
+        scorer = quality.GeneratorQuality(dataset, trainer.reference_classifier(dataset, run, config.seed),
+                                          seed=config.seed, train_images=data.subset(x, y, config.train_limit,
+                                                                                     config.seed))
+        scores[gan] = scorer(keras.saving.load_model(os.path.join(run, rundir.GENERATOR)))
+    return scores[gan]
+
+
 def mcnemar_p(a, b):
     """Exact two-sided McNemar p-value for paired booleans a, b (e.g. robust per example)."""
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
@@ -230,6 +271,10 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic-n", type=int, default=20000, help="images sampled once from a study GAN's "
                                                                   "generator for the +<gan>-data variants")
+    p.add_argument("--count-generator", action=argparse.BooleanOptionalAction, default=True,
+                   help="count a GAN-data variant's generator training and sampling in its budget (equal total "
+                        "time); --no-count-generator gives its classifier the whole budget (equal classifier "
+                        "time), the generator's minutes shown beside")
     p.add_argument("--out", help="study folder (default: checkpoints/study-<dataset>)")
     p.add_argument("--benchmarks", default="BENCHMARKS.md", help="Markdown file whose study section is rewritten")
     p.add_argument("--force", action="store_true", help="start even if other training or test runs are seen")
@@ -268,14 +313,14 @@ def main(argv=None):
     for name in args.methods:
         entry = state["methods"].setdefault(name, {})
         run_dir = os.path.join(out, name)
-        variant = {k: v.format(robgan=os.path.join(out, "robgan")) if isinstance(v, str) else v
-                   for k, v in VARIANTS[name].items()}
-        gan = next((g for g in GENERATORS if "{" + g + "}" in str(VARIANTS[name].get("synthetic"))), None)
+        variant = variant_settings(name, out)
+        gan = data_source(name)
         budget = 60 * args.budget_minutes
-        if gan:  # the generator's training and the sampling count in the budget
+        if gan:  # the generator's training and the sampling count in the budget (unless --no-count-generator)
             variant["synthetic"], entry["sampling_seconds"] = sample_set(gan, state, out, args.synthetic_n, args.seed)
             entry["generator_seconds"] = generator_seconds(gan, state, out)
-            budget -= entry["generator_seconds"] + entry["sampling_seconds"]
+            if args.count_generator:
+                budget -= entry["generator_seconds"] + entry["sampling_seconds"]
         elif name == "cgan":  # a generator trained for as long as Rob-GAN's co-training was sized to take
             budget = cotrain_budget(state["methods"]["robgan"], dataset)
         base = methods.config_for(args.dataset, variant.pop("method"),
@@ -291,6 +336,10 @@ def main(argv=None):
                                        entry["train_seconds"], entry["step_seconds"])
                 entry["cotraining"] = "robgan"
             else:
+                problem = no_time_left(name, gan, entry, budget, base, dataset) if gan else None
+                if problem:
+                    print(f"error: {problem}", file=sys.stderr)
+                    return 1
                 config = sized_config(base, dataset, budget, entry["step_seconds"])
             entry["config"] = config.as_dict()
             entry["budget_minutes"] = args.budget_minutes
@@ -321,6 +370,9 @@ def main(argv=None):
             summary = report.build(result, model=run_dir, dataset=args.dataset, seed=args.seed, attack="autoattack",
                                    eps=[config.eps], settings=dataclasses.asdict(settings))
             report.write(summary, result, eval_dir)
+    for gan in (g for g in GENERATORS if state["methods"].get(g, {}).get("trained")):
+        generator_scores(gan, state, out, dataset)
+        save_state()
     rows = table_rows(state, out, args, dataset)
     write_outputs(rows, state, out, args)
     return 0
@@ -336,6 +388,8 @@ def table_rows(state, out, args, dataset):
         with open(os.path.join(eval_dir, report.REPORT_JSON)) as f:
             rep = json.load(f)
         metrics = rundir.read_metrics_json(os.path.join(out, name))
+        gan = "robgan" if VARIANTS[name]["method"] == "robgan" else data_source(name)
+        scores = state.get("generator_scores", {}).get(gan, {})
         eps = evaluation.eps_key(entry["config"]["eps"])
         reached = _epochs_reached(os.path.join(out, name), entry["config"])
         config = Config(**entry["config"])
@@ -348,7 +402,7 @@ def table_rows(state, out, args, dataset):
                      "pgd20_ci95": rep["robust_accuracy_ci95"]["pgd-20"][eps],
                      "autoattack": rep["robust_accuracy"]["autoattack"][eps],
                      "autoattack_ci95": rep["robust_accuracy_ci95"]["autoattack"][eps],
-                     "gan_test": metrics.get("gan_test_accuracy"), "gan_train": metrics.get("gan_train_accuracy"),
+                     "gan_test": scores.get("gan_test_accuracy"), "gan_train": scores.get("gan_train_accuracy"),
                      "early_stop": metrics.get("early_stop"),
                      "generator_minutes": round((entry.get("generator_seconds", 0) + entry.get(
                          "sampling_seconds", 0)) / 60, 1), "best_epoch": (metrics.get("best_epoch") or {}).get("epoch"),
@@ -371,6 +425,7 @@ def command(args):
     p = parser()
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("eval_examples", "apgd_targets", "seed")
               if getattr(args, k) != p.get_default(k)]
+    parts += [] if args.count_generator else ["--no-count-generator"]
     if args.set:
         parts.append("--set " + " ".join(args.set))
     return " ".join(parts)
@@ -394,12 +449,12 @@ def _frechet(metrics):
 def generator_lines(state, out):
     """A line per study GAN: its training time and its generator's scores as a data source."""
     lines = []
-    for gan in (g for g in GENERATORS if state["methods"].get(g, {}).get("trained")):
-        m = rundir.read_metrics_json(os.path.join(out, gan))
+    for gan, m in state.get("generator_scores", {}).items():
         lines.append(f"- {gan}'s generator ({round(generator_seconds(gan, state, out) / 60, 1)} training minutes): "
                      f"GAN-test {100 * m['gan_test_accuracy']:.1f}% (reference CNN on real images: "
                      f"{100 * m['gan_test_reference_accuracy']:.1f}%), GAN-train {100 * m['gan_train_accuracy']:.1f}% "
-                     f"(the same CNN trained on the real training images: {100 * m['gan_train_real_accuracy']:.1f}%), "
+                     f"({m['gan_train_accuracy'] / m['gan_train_real_accuracy']:.0%} of the same CNN trained on the "
+                     f"real training images: {100 * m['gan_train_real_accuracy']:.1f}%), "
                      f"diversity {m['sample_diversity']:.2f} of real{_frechet(m)}.")
     return ["", *lines] if lines else []
 
@@ -427,8 +482,10 @@ def write_outputs(rows, state, out, args):
     name = section_name(args)
     lines = [f"<!-- study:{name} -->",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}. "
-             f"Budget {args.budget_minutes:g} "
-             f"training minutes per method, a generator's training and sampling included (G + sampling); "
+             f"Budget {args.budget_minutes:g} training minutes per method, "
+             + ("a generator's training and sampling included (G + sampling); " if args.count_generator else
+                "a GAN-data row's classifier included, its generator's training and sampling (G + sampling) "
+                "on top: equal classifier time, not equal total time; ") +
              f"classifier steps are the robust classifier's optimizer updates (D's in co-training, then "
              f"fine-tuning's), for a comparison at equal steps. "
              f"Command: `{command(args)}`. "

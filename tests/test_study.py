@@ -85,6 +85,25 @@ def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():
     assert (rob.epochs, rob.finetune_epochs) == (3, 3)  # the MNIST study's Rob-GAN schedule
 
 
+def test_every_variant_names_its_study_gan_by_folder():
+    for name in study.VARIANTS:
+        settings = study.variant_settings(name, "out")
+        gan = study.data_source(name)
+        assert settings.get("synthetic") == (os.path.join("out", gan) if gan else None)
+    assert study.variant_settings("trades+cgan-data", "out")["synthetic"] == os.path.join("out", "cgan")
+
+
+def test_a_gan_data_variant_needs_an_epoch_left_after_its_generator():
+    from robgan_tf import methods
+    cifar = types.SimpleNamespace(x_train=np.zeros((1300, 1, 1, 3), np.uint8), y_train=np.zeros(1300, np.uint8))
+    base = methods.config_for("cifar10", "pgd-at", {"train_limit": 1000, "val_examples": 300})
+    entry = {"step_seconds": {"train": 0.33}, "generator_seconds": 2013.3, "sampling_seconds": 39.7}
+    one_epoch = 1000 // 64 * 0.33
+    assert study.no_time_left("pgd-at+robgan-data", "robgan", entry, one_epoch, base, cifar) is None
+    problem = study.no_time_left("pgd-at+robgan-data", "robgan", entry, one_epoch - 0.1, base, cifar)
+    assert "robgan's generator and sampling it took 34.2 minutes" in problem and "--no-count-generator" in problem
+
+
 def test_study_refuses_to_start_next_to_another_run(monkeypatch, capsys):
     monkeypatch.setattr(study, "other_runs", lambda: ["123: python train.py --dataset mnist"])
     assert study.main(["--dataset", "tiny"]) == 1
@@ -96,7 +115,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n")
     args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at", "robgan+gen",
-            "pgd-at+robgan-data", "--synthetic-n", "200", "--budget-minutes", "0.05",
+            "pgd-at+robgan-data", "--synthetic-n", "200", "--budget-minutes", "0.05", "--no-count-generator",
             "--out", str(tmp_path / "study"), "--benchmarks", str(benchmarks),
             "--eval-examples", "40", "--square-queries", "50", "--apgd-targets", "3",
             "--set", "width=4", "g_width=4", "depth=2", "batch_size=32", "pgd_steps=2", "eps=0.1",
@@ -139,7 +158,13 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert data_run["generator_seconds"] == study.cotrain_seconds(state["methods"]["robgan"], str(run / "robgan"))
     assert data_run["sampling_seconds"] > 0 and data_run["config"]["synthetic"].endswith("robgan-data.npz")
     assert np.bincount(np.load(run / "robgan-data.npz")["y"]).tolist() == [50] * 4
-    assert "| pgd-at+robgan-data |" in text and "GAN-train" in text
+    assert "| pgd-at+robgan-data |" in text and "GAN-train" in text and "--no-count-generator" in text
+    # the generator is scored once, at the end, for every row that uses it
+    scores = state["generator_scores"]["robgan"]
+    assert 0 <= scores["gan_train_accuracy"] <= 1 and scores["gan_train_real_accuracy"] > 0.5
+    for row in ("robgan", "pgd-at+robgan-data"):
+        assert f"| {100 * scores['gan_test_accuracy']:.1f} | {100 * scores['gan_train_accuracy']:.1f} |" in \
+            next(line for line in text.splitlines() if line.startswith(f"| {row} |"))
     # classifier steps: pgd-at's epochs of 128 images in batches of 32; the data variant's batches hold
     # 30% real images (10 of 32), so it makes 12 steps an epoch
     summary = {r["method"]: r for r in json.loads((run / "summary.json").read_text())["rows"]}

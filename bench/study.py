@@ -26,6 +26,11 @@ from robgan_tf import data, evaluation, methods, quality, report, rundir, synthe
 from robgan_tf.config import AttackSettings, Config  # noqa: E402
 from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained, study_bars  # noqa: E402
 
+# the literature's GAN settings for small data: a projection D (Miyato & Koyama 2018), DiffAugment (Zhao et al.
+# 2020), the hinge loss of SN-GAN and BigGAN, and BigGAN's average of G's weights; the projection conditions the
+# real/fake logit on the class, so AC-GAN's class term for G, which pulls G to one template a class, is cut to 0.1
+DATA_EFFICIENT_GAN = {"projection": True, "diffaugment": "color,translation,cutout", "gan_loss": "hinge",
+                      "g_ema_decay": 0.999, "g_class_weight": 0.1}
 VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
     "robgan": {"method": "robgan"},
     "robgan+gen": {"method": "robgan", "gen_ratio": 0.3},  # co-training shared with robgan
@@ -34,12 +39,16 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
     "fgsm-rs": {"method": "fgsm-rs"},
     "trades": {"method": "trades"},
     "cgan": {"method": "cgan"},  # trained for as long as robgan's co-training
-    # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}")
+    # the same two with the data-efficient GAN settings of the literature (README, "a generator worth sampling from")
+    "robgan-de": {"method": "robgan", **DATA_EFFICIENT_GAN},
+    "cgan-de": {"method": "cgan", **DATA_EFFICIENT_GAN},  # trained for as long as robgan-de's co-training
+    # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}", ...)
     **{f"{base}+{gan}-data": {"method": base, "synthetic": "{" + gan + "}"}
-       for base in ("pgd-at", "trades") for gan in ("robgan", "cgan")},
+       for base in ("pgd-at", "trades") for gan in ("robgan", "cgan", "robgan-de", "cgan-de")},
 }
-GENERATORS = ("robgan", "cgan")  # the study's GAN runs whose generators other variants use
-CONTROLS = ("cgan",)  # trained for their generator only: not evaluated, not in the table
+GAN_PARTNER = {"cgan": "robgan", "cgan-de": "robgan-de"}  # a plain cGAN: the Rob-GAN run whose co-training it matches
+GENERATORS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN runs whose generators other variants use
+CONTROLS = tuple(GAN_PARTNER)  # trained for their generator only: not evaluated, not in the table
 FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
 
@@ -166,7 +175,8 @@ def needs(name):
     variant = VARIANTS[name]
     wanted = {gan for gan in GENERATORS if "{" + gan + "}" in str(variant.get("generator")) + str(
         variant.get("synthetic"))}
-    return wanted | ({"robgan"} if shares_cotraining(name) or name == "cgan" else set())
+    return wanted | ({"robgan"} if shares_cotraining(name) else set()) | (
+        {GAN_PARTNER[name]} if name in GAN_PARTNER else set())
 
 
 def _generator_first(methods, state):
@@ -202,9 +212,10 @@ def no_time_left(name, gan, entry, budget_seconds, base, dataset):
 
 
 def generator_seconds(name, state, out):
-    """The time it took to train a study GAN's generator: robgan's co-training, or all of cgan's."""
+    """The time it took to train a study GAN's generator: a Rob-GAN run's co-training, or all of a cGAN's."""
     entry = state["methods"][name]
-    return cotrain_seconds(entry, os.path.join(out, name)) if name == "robgan" else entry["train_seconds"]
+    return (cotrain_seconds(entry, os.path.join(out, name)) if VARIANTS[name]["method"] == "robgan"
+            else entry["train_seconds"])
 
 
 def cotrain_budget(entry, dataset):
@@ -321,8 +332,8 @@ def main(argv=None):
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             if args.count_generator:
                 budget -= entry["generator_seconds"] + entry["sampling_seconds"]
-        elif name == "cgan":  # a generator trained for as long as Rob-GAN's co-training was sized to take
-            budget = cotrain_budget(state["methods"]["robgan"], dataset)
+        elif name in GAN_PARTNER:  # a generator trained for as long as its Rob-GAN's co-training was sized to take
+            budget = cotrain_budget(state["methods"][GAN_PARTNER[name]], dataset)
         base = methods.config_for(args.dataset, variant.pop("method"),
                                   {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
         shared = shares_cotraining(name)
@@ -388,7 +399,7 @@ def table_rows(state, out, args, dataset):
         with open(os.path.join(eval_dir, report.REPORT_JSON)) as f:
             rep = json.load(f)
         metrics = rundir.read_metrics_json(os.path.join(out, name))
-        gan = "robgan" if VARIANTS[name]["method"] == "robgan" else data_source(name)
+        gan = name if name in GENERATORS else "robgan" if shares_cotraining(name) else data_source(name)
         scores = state.get("generator_scores", {}).get(gan, {})
         eps = evaluation.eps_key(entry["config"]["eps"])
         reached = _epochs_reached(os.path.join(out, name), entry["config"])

@@ -91,6 +91,8 @@ def test_every_variant_names_its_study_gan_by_folder():
         gan = study.data_source(name)
         assert settings.get("synthetic") == (os.path.join("out", gan) if gan else None)
     assert study.variant_settings("trades+cgan-data", "out")["synthetic"] == os.path.join("out", "cgan")
+    assert study.variant_settings("pgd-at+robgan-de-data", "out")["synthetic"] == os.path.join("out", "robgan-de")
+    assert study.variant_settings("cgan-de", "out")["projection"] is True
 
 
 def test_a_gan_data_variant_needs_an_epoch_left_after_its_generator():
@@ -154,6 +156,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert study.cotrain_budget(state["methods"]["robgan"], types.SimpleNamespace(y_train=np.zeros(512))) == \
         pytest.approx(rob["epochs"] * rob_steps * state["methods"]["robgan"]["step_seconds"]["cotrain"])
     assert study.needs("cgan") == {"robgan"} and study.needs("trades+cgan-data") == {"cgan"}
+    assert study.needs("cgan-de") == {"robgan-de"} and study.needs("pgd-at+robgan-de-data") == {"robgan-de"}
     assert "robgan's generator" in text
     assert data_run["generator_seconds"] == study.cotrain_seconds(state["methods"]["robgan"], str(run / "robgan"))
     assert data_run["sampling_seconds"] > 0 and data_run["config"]["synthetic"].endswith("robgan-data.npz")

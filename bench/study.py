@@ -179,6 +179,23 @@ def needs(name):
         {GAN_PARTNER[name]} if name in GAN_PARTNER else set())
 
 
+def gans_of(names):
+    """The study GAN runs whose generators the variants `names` use: their own (a GAN run's) or one they
+    build on (a sampled set, fakes drawn in training, or a shared co-training)."""
+    return {gan for name in names for gan in ({name} if name in GENERATORS else needs(name))}
+
+
+def _other_counting(methods, state, count_generator):
+    """Why a GAN-data variant sized with the other --count-generator would be resumed, or None."""
+    for name in methods:
+        kept = state["methods"].get(name, {}).get("count_generator")
+        if kept is not None and kept != count_generator:
+            flag = "--count-generator" if kept else "--no-count-generator"
+            return (f"{name} was sized with {flag}; rerun with it, or remove its entry from study.json and its folder "
+                    f"to size it again")
+    return None
+
+
 def _generator_first(methods, state):
     """Why a variant that builds on a study GAN run would come before that run is trained, or None."""
     for i, name in enumerate(methods):
@@ -308,7 +325,8 @@ def main(argv=None):
             state = json.load(f)
     settings = AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
                                          seed=args.seed)
-    problem = _unpaired(out, args.methods, settings, args.eval_examples) or _generator_first(args.methods, state)
+    problem = (_unpaired(out, args.methods, settings, args.eval_examples) or _generator_first(args.methods, state)
+               or _other_counting(args.methods, state, args.count_generator))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
@@ -347,10 +365,14 @@ def main(argv=None):
                                        entry["train_seconds"], entry["step_seconds"])
                 entry["cotraining"] = "robgan"
             else:
-                problem = no_time_left(name, gan, entry, budget, base, dataset) if gan else None
+                counted = gan and args.count_generator
+                problem = no_time_left(name, gan, entry, budget, base, dataset) if counted else None
                 if problem:
+                    save_state()  # the sampling is done and kept
                     print(f"error: {problem}", file=sys.stderr)
                     return 1
+                if gan:
+                    entry["count_generator"] = args.count_generator
                 config = sized_config(base, dataset, budget, entry["step_seconds"])
             entry["config"] = config.as_dict()
             entry["budget_minutes"] = args.budget_minutes
@@ -381,7 +403,7 @@ def main(argv=None):
             summary = report.build(result, model=run_dir, dataset=args.dataset, seed=args.seed, attack="autoattack",
                                    eps=[config.eps], settings=dataclasses.asdict(settings))
             report.write(summary, result, eval_dir)
-    for gan in (g for g in GENERATORS if state["methods"].get(g, {}).get("trained")):
+    for gan in sorted(g for g in gans_of(args.methods) if state["methods"].get(g, {}).get("trained")):
         generator_scores(gan, state, out, dataset)
         save_state()
     rows = table_rows(state, out, args, dataset)
@@ -399,7 +421,7 @@ def table_rows(state, out, args, dataset):
         with open(os.path.join(eval_dir, report.REPORT_JSON)) as f:
             rep = json.load(f)
         metrics = rundir.read_metrics_json(os.path.join(out, name))
-        gan = name if name in GENERATORS else "robgan" if shares_cotraining(name) else data_source(name)
+        (gan,) = gans_of([name]) or (None,)
         scores = state.get("generator_scores", {}).get(gan, {})
         eps = evaluation.eps_key(entry["config"]["eps"])
         reached = _epochs_reached(os.path.join(out, name), entry["config"])
@@ -457,10 +479,12 @@ def _frechet(metrics):
             f"(the same features; not an Inception FID)")
 
 
-def generator_lines(state, out):
+def generator_lines(state, out, args):
     """A line per study GAN: its training time and its generator's scores as a data source."""
     lines = []
     for gan, m in state.get("generator_scores", {}).items():
+        if gan not in gans_of(args.methods):
+            continue
         lines.append(f"- {gan}'s generator ({round(generator_seconds(gan, state, out) / 60, 1)} training minutes): "
                      f"GAN-test {100 * m['gan_test_accuracy']:.1f}% (reference CNN on real images: "
                      f"{100 * m['gan_test_reference_accuracy']:.1f}%), GAN-train {100 * m['gan_train_accuracy']:.1f}% "
@@ -483,7 +507,7 @@ def write_outputs(rows, state, out, args):
     if "pgd-at" in by_name:
         for name in (n for n in by_name if VARIANTS[n]["method"] == "robgan"):
             paired[f"{name}_vs_pgd-at_mcnemar_p"] = mcnemar_p(by_name[name]["_robust"], by_name["pgd-at"]["_robust"])
-    gan_rows = [r for r in rows if VARIANTS[r["method"]]["method"] == "robgan" or "synthetic" in VARIANTS[r["method"]]]
+    gan_rows = [r for r in rows if gans_of([r["method"]])]
     real_rows = [r for r in rows if r not in gan_rows]
     if gan_rows and real_rows:  # the best row that uses a GAN against the best that does not
         best_gan, best_real = (max(group, key=lambda r: r["autoattack"]) for group in (gan_rows, real_rows))
@@ -523,7 +547,7 @@ def write_outputs(rows, state, out, args):
         tests = ", ".join(f"{k.replace('_mcnemar_p', '').replace('_vs_', ' vs ')}: p = {p:.3g}"
                           for k, p in paired.items())
         lines += ["", f"Exact McNemar tests under autoattack on the same examples: {tests}."]
-    lines += generator_lines(state, out)
+    lines += generator_lines(state, out, args)
     if any(r.get("cotraining") for r in rows):
         lines += ["", "A variant with a co-training owner differs from it in fine-tuning only: it starts from "
                       "that run's end of co-training, counts that run's training time up to there as its own, "

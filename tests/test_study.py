@@ -157,6 +157,12 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
         pytest.approx(rob["epochs"] * rob_steps * state["methods"]["robgan"]["step_seconds"]["cotrain"])
     assert study.needs("cgan") == {"robgan"} and study.needs("trades+cgan-data") == {"cgan"}
     assert study.needs("cgan-de") == {"robgan-de"} and study.needs("pgd-at+robgan-de-data") == {"robgan-de"}
+    assert study.gans_of(["pgd-at+cgan-data", "cgan-de", "robgan+gen", "pgd-at+gen", "pgd-at"]) == \
+        {"cgan", "cgan-de", "robgan"}
+    # its classifier was sized to the whole budget (--no-count-generator): a rerun counting the generator is refused
+    assert study._other_counting(["pgd-at+robgan-data"], state, False) is None
+    assert "pgd-at+robgan-data was sized with --no-count-generator" in study._other_counting(
+        ["pgd-at+robgan-data"], state, True)
     assert "robgan's generator" in text
     assert data_run["generator_seconds"] == study.cotrain_seconds(state["methods"]["robgan"], str(run / "robgan"))
     assert data_run["sampling_seconds"] > 0 and data_run["config"]["synthetic"].endswith("robgan-data.npz")

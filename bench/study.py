@@ -242,18 +242,24 @@ def cotrain_budget(entry, dataset):
     return config.epochs * steps_per_epoch(config, dataset)[0] * entry["step_seconds"]["cotrain"]
 
 
-def sample_set(gan, state, out, n, seed):
-    """The study's set of n samples of a GAN run's generator (made once, timed, resumable)."""
+def sample_set(gan, state, out, n, seed, save_state):
+    """The study's set of n samples of a GAN run's generator (made once, timed, resumable: an
+    interrupted sampling keeps its chunks and its seconds so far, saved with `save_state`)."""
     path = os.path.join(out, f"{gan}-data.npz")
-    key = f"{gan}_sampling_seconds"
+    key, so_far = f"{gan}_sampling_seconds", f"{gan}_sampling_seconds_so_far"
     if key not in state:
         import keras
 
         print(f"== sampling {n} images from {gan}'s generator ...")
-        started = time.time()
-        generator = keras.saving.load_model(os.path.join(out, gan, rundir.GENERATOR))
-        synthetic.write(generator, n, path, seed, describe={"generator": os.path.join(out, gan, rundir.GENERATOR)})
-        state[key] = round(time.time() - started, 1)
+        started, done = time.time(), False
+        try:
+            generator = keras.saving.load_model(os.path.join(out, gan, rundir.GENERATOR))
+            synthetic.write(generator, n, path, seed, describe={"generator": os.path.join(out, gan, rundir.GENERATOR)})
+            done = True
+        finally:
+            seconds = round(state.pop(so_far, 0) + time.time() - started, 1)
+            state[key if done else so_far] = seconds
+            save_state()
     return path, state[key]
 
 
@@ -346,7 +352,8 @@ def main(argv=None):
         gan = data_source(name)
         budget = 60 * args.budget_minutes
         if gan:  # the generator's training and the sampling count in the budget (unless --no-count-generator)
-            variant["synthetic"], entry["sampling_seconds"] = sample_set(gan, state, out, args.synthetic_n, args.seed)
+            variant["synthetic"], entry["sampling_seconds"] = sample_set(
+                gan, state, out, args.synthetic_n, args.seed, save_state)
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             if args.count_generator:
                 budget -= entry["generator_seconds"] + entry["sampling_seconds"]

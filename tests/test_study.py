@@ -212,6 +212,29 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
     assert "--seed" not in recorded  # a default is not repeated
 
 
+def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
+    from robgan_tf import models
+    keras.utils.set_random_seed(0)
+    (tmp_path / "robgan").mkdir()
+    models.build_generator((16, 16, 1), 4, width=4, z_dim=8).save(tmp_path / "robgan" / "generator.keras")
+    state, saved = {}, []
+    real_write = study.synthetic.write
+
+    def interrupted(*_, **__):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.synthetic, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
+    assert set(saved[-1]) == {"robgan_sampling_seconds_so_far"}  # loading G and the sampling so far
+    assert 0.3 <= saved[-1]["robgan_sampling_seconds_so_far"] < 30
+    monkeypatch.setattr(study.synthetic, "write", lambda *a, **k: real_write(*a, **{**k, "verbose": 0}))
+    path, seconds = study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
+    assert seconds >= saved[0]["robgan_sampling_seconds_so_far"] and set(state) == {"robgan_sampling_seconds"}
+    assert np.bincount(np.load(path)["y"]).tolist() == [10] * 4
+
+
 def test_a_run_cannot_start_from_a_co_training_it_does_not_have(tmp_path):
     with pytest.raises(study.rundir.RunDirError, match="no checkpoint from the end of its co-training"):
         study.start_from_cotrained(str(tmp_path / "pgd-at"), str(tmp_path / "robgan+gen"), ())

@@ -173,10 +173,14 @@ def _unpaired(out, methods, settings, n_examples):
 def needs(name):
     """The study GAN runs a variant builds on (their generator, or robgan's co-training)."""
     variant = VARIANTS[name]
-    wanted = {gan for gan in GENERATORS if "{" + gan + "}" in str(variant.get("generator")) + str(
-        variant.get("synthetic"))}
+    wanted = _named_gans(variant.get("generator")) | _named_gans(variant.get("synthetic"))
     return wanted | ({"robgan"} if shares_cotraining(name) else set()) | (
         {GAN_PARTNER[name]} if name in GAN_PARTNER else set())
+
+
+def _named_gans(setting):
+    """The study GAN runs a variant's setting names ("{robgan}/generator.keras", "{cgan}")."""
+    return {gan for gan in GENERATORS if "{" + gan + "}" in str(setting)}
 
 
 def gans_of(names):
@@ -213,7 +217,8 @@ def variant_settings(name, out):
 
 def data_source(name):
     """The study GAN run whose sampled set a variant trains on, or None."""
-    return next((g for g in GENERATORS if "{" + g + "}" in str(VARIANTS[name].get("synthetic"))), None)
+    (gan,) = _named_gans(VARIANTS[name].get("synthetic")) or (None,)
+    return gan
 
 
 def no_time_left(name, gan, entry, budget_seconds, base, dataset):
@@ -251,10 +256,9 @@ def sample_set(gan, state, out, n, seed, save_state):
         import keras
 
         print(f"== sampling {n} images from {gan}'s generator ...")
-        started, done = time.time(), False
+        started, done, source = time.time(), False, os.path.join(out, gan, rundir.GENERATOR)
         try:
-            generator = keras.saving.load_model(os.path.join(out, gan, rundir.GENERATOR))
-            synthetic.write(generator, n, path, seed, describe={"generator": os.path.join(out, gan, rundir.GENERATOR)})
+            synthetic.write(keras.saving.load_model(source), n, path, seed, describe={"generator": source})
             done = True
         finally:
             seconds = round(state.pop(so_far, 0) + time.time() - started, 1)

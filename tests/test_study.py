@@ -185,6 +185,12 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert benchmarks.read_text().count("<!-- study:tiny-128 -->") == 1
 
 
+def _interrupted_after_a_while(*_, **__):
+    """A step of the study (training, sampling) that a Ctrl-C stops after 0.3 s."""
+    time.sleep(0.3)
+    raise KeyboardInterrupt
+
+
 def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "other_runs", lambda: [])
     args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "pgd-at", "--budget-minutes", "0.05",
@@ -193,11 +199,7 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
             "pgd_steps=2", "eps=0.1", "train_limit=128"]
     real_train = study.trainer.train
 
-    def interrupted(*_, **__):
-        time.sleep(0.3)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(study.trainer, "train", interrupted)
+    monkeypatch.setattr(study.trainer, "train", _interrupted_after_a_while)
     with pytest.raises(KeyboardInterrupt):
         study.main(args)
     entry = json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"]
@@ -220,11 +222,7 @@ def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
     state, saved = {}, []
     real_write = study.synthetic.write
 
-    def interrupted(*_, **__):
-        time.sleep(0.3)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(study.synthetic, "write", interrupted)
+    monkeypatch.setattr(study.synthetic, "write", _interrupted_after_a_while)
     with pytest.raises(KeyboardInterrupt):
         study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
     assert set(saved[-1]) == {"robgan_sampling_seconds_so_far"}  # loading G and the sampling so far

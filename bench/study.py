@@ -277,10 +277,9 @@ def generator_scores(gan, state, out, dataset):
 
         print(f"== scoring {gan}'s generator as a data source ...")
         run, config = os.path.join(out, gan), Config(**state["methods"][gan]["config"])
-        _, (x, y) = data.split_validation(dataset.x_train, dataset.y_train, config.val_examples, config.seed)
+        _, train_images = data.run_split(dataset, config.val_examples, config.train_limit, config.seed)
         scorer = quality.GeneratorQuality(dataset, trainer.reference_classifier(dataset, run, config.seed),
-                                          seed=config.seed, train_images=data.subset(x, y, config.train_limit,
-                                                                                     config.seed))
+                                          seed=config.seed, train_images=train_images)
         scores[gan] = scorer(keras.saving.load_model(os.path.join(run, rundir.GENERATOR)))
     return scores[gan]
 

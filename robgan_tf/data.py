@@ -252,6 +252,13 @@ def split_validation(x, y, n, seed=0):
     return (x[taken], y[taken]), (x[rest], y[rest])
 
 
+def run_split(dataset, val_examples, train_limit, seed=0):
+    """(x_val, y_val), (x, y): a run's validation split held out of the training split, and its
+    training images (at most train_limit of the rest, stratified). Trainer and study both use this."""
+    validation, (x, y) = split_validation(dataset.x_train, dataset.y_train, val_examples, seed)
+    return validation, subset(x, y, train_limit, seed)
+
+
 def _augment(images, seed):
     """Per image: random crop after 4-pixel reflection padding, random horizontal flip (stateless)."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))

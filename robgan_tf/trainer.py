@@ -30,8 +30,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     if overwrite and config.distribute == "multiworker":  # the chief's rmtree would race the workers
         raise rundir.RunDirError("--overwrite with --distribute multiworker: remove the run directory first")
     strategy = distribute.make_strategy(config.distribute)  # first: multi-worker needs it before other TF ops
-    validation, (x, y) = data.split_validation(dataset.x_train, dataset.y_train, config.val_examples, config.seed)
-    x, y = data.subset(x, y, config.train_limit, config.seed)
+    validation, (x, y) = data.run_split(dataset, config.val_examples, config.train_limit, config.seed)
     n_out = method.held_out(config)  # e.g. FGSM-RS's batch for its catastrophic-overfitting check
     held_out, x, y = ((x[:n_out], y[:n_out]) if n_out else None), x[n_out:], y[n_out:]
     synthetic = data.load_synthetic(config.synthetic, dataset) if config.synthetic else None

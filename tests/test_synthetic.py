@@ -2,6 +2,7 @@
 validation split and the plain conditional GAN that serves as the control."""
 
 import json
+import types
 
 import keras
 import numpy as np
@@ -108,7 +109,10 @@ def test_the_validation_split_never_overlaps_the_training_images():
     (xv, yv), (xt, yt) = data.split_validation(x, y, 30, seed=2)
     assert len(yv) == 30 and np.bincount(yv).tolist() == [10, 10, 10]
     assert not set(xv[:, 0, 0, 0]) & set(xt[:, 0, 0, 0]) and len(yt) == 270
-    xs, _ = data.subset(xt, yt, 60, 0)  # --train-limit takes from what is left
+    # a run's split (trainer and study): --train-limit takes from what is left, stratified
+    (xv2, _), (xs, ys) = data.run_split(types.SimpleNamespace(x_train=x, y_train=y), 30, 60, seed=2)
+    np.testing.assert_array_equal(xv2, xv)
+    assert len(ys) == 60 and np.bincount(ys).tolist() == [20, 20, 20]
     assert not set(xv[:, 0, 0, 0]) & set(xs[:, 0, 0, 0])
 
 

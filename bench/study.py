@@ -32,13 +32,10 @@ from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained,
 DATA_EFFICIENT_GAN = {"projection": True, "diffaugment": "color,translation,cutout", "gan_loss": "hinge",
                       "g_ema_decay": 0.999, "g_class_weight": 0.1}
 VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
-    "robgan": {"method": "robgan"},
+    # every registered method at its defaults (cgan is trained for as long as robgan's co-training)
+    **{name: {"method": name} for name in methods.METHODS},
     "robgan+gen": {"method": "robgan", "gen_ratio": 0.3},  # co-training shared with robgan
-    "pgd-at": {"method": "pgd-at"},
     "pgd-at+gen": {"method": "pgd-at", "gen_ratio": 0.3, "generator": "{robgan}/generator.keras"},
-    "fgsm-rs": {"method": "fgsm-rs"},
-    "trades": {"method": "trades"},
-    "cgan": {"method": "cgan"},  # trained for as long as robgan's co-training
     # the same two with the data-efficient GAN settings of the literature (README, "a generator worth sampling from")
     "robgan-de": {"method": "robgan", **DATA_EFFICIENT_GAN},
     "cgan-de": {"method": "cgan", **DATA_EFFICIENT_GAN},  # trained for as long as robgan-de's co-training

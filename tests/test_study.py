@@ -93,6 +93,9 @@ def test_every_variant_names_its_study_gan_by_folder():
     assert study.variant_settings("trades+cgan-data", "out")["synthetic"] == os.path.join("out", "cgan")
     assert study.variant_settings("pgd-at+robgan-de-data", "out")["synthetic"] == os.path.join("out", "robgan-de")
     assert study.variant_settings("cgan-de", "out")["projection"] is True
+    # a method added to the registry is a study row at its defaults with no edit here (n-fgsm, issue 17)
+    assert all(study.VARIANTS[name] == {"method": name} for name in study.methods.METHODS)
+    assert study.parser().parse_args(["--methods", "n-fgsm"]).methods == ["n-fgsm"]
 
 
 def test_a_gan_data_variant_needs_an_epoch_left_after_its_generator():

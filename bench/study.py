@@ -31,6 +31,7 @@ from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained,
 # real/fake logit on the class, so AC-GAN's class term for G, which pulls G to one template a class, is cut to 0.1
 DATA_EFFICIENT_GAN = {"projection": True, "diffaugment": "color,translation,cutout", "gan_loss": "hinge",
                       "g_ema_decay": 0.999, "g_class_weight": 0.1}
+GENERATORS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN runs whose generators other variants use
 VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
     # every registered method at its defaults (cgan is trained for as long as robgan's co-training)
     **{name: {"method": name} for name in methods.METHODS},
@@ -39,12 +40,12 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
     # the same two with the data-efficient GAN settings of the literature (README, "a generator worth sampling from")
     "robgan-de": {"method": "robgan", **DATA_EFFICIENT_GAN},
     "cgan-de": {"method": "cgan", **DATA_EFFICIENT_GAN},  # trained for as long as robgan-de's co-training
-    # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}", ...)
-    **{f"{base}+{gan}-data": {"method": base, "synthetic": "{" + gan + "}"}
-       for base in ("pgd-at", "trades") for gan in ("robgan", "cgan", "robgan-de", "cgan-de")},
+    # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}", ...):
+    # all its samples, or ("-filtered-") those its GAN run's own classifier puts in their class (--filter-threshold)
+    **{f"{base}+{gan}-{kind}data": {"method": base, "synthetic": "{" + gan + "}"}
+       for base in ("pgd-at", "trades") for gan in GENERATORS for kind in ("", "filtered-")},
 }
 GAN_PARTNER = {"cgan": "robgan", "cgan-de": "robgan-de"}  # a plain cGAN: the Rob-GAN run whose co-training it matches
-GENERATORS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN runs whose generators other variants use
 CONTROLS = tuple(GAN_PARTNER)  # trained for their generator only: not evaluated, not in the table
 FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
@@ -218,6 +219,20 @@ def data_source(name):
     return gan
 
 
+def filtered(name):
+    """Whether a GAN-data variant keeps only the samples its GAN run's classifier puts in their class."""
+    return name.endswith("-filtered-data")
+
+
+def _other_threshold(methods, state, threshold):
+    """Why a filtered set made at another --filter-threshold would be reused, or None."""
+    kept = state.get("filter_threshold")
+    if kept is not None and kept != threshold and any(filtered(name) for name in methods):
+        return (f"the study's filtered sets were made with --filter-threshold {kept:g}; rerun with it, or delete "
+                f"them (*-filtered-data.*) and their keys in study.json to filter again")
+    return None
+
+
 def no_time_left(name, gan, entry, budget_seconds, base, dataset):
     """Why a GAN-data variant's classifier would get less than one epoch of the budget left after
     its generator's training and sampling, or None."""
@@ -244,18 +259,28 @@ def cotrain_budget(entry, dataset):
     return config.epochs * steps_per_epoch(config, dataset)[0] * entry["step_seconds"]["cotrain"]
 
 
-def sample_set(gan, state, out, n, seed, save_state):
+def sample_set(gan, state, out, n, seed, save_state, threshold=0.0):
     """The study's set of n samples of a GAN run's generator (made once, timed, resumable: an
-    interrupted sampling keeps its chunks and its seconds so far, saved with `save_state`)."""
-    path = os.path.join(out, f"{gan}-data.npz")
-    key, so_far = f"{gan}_sampling_seconds", f"{gan}_sampling_seconds_so_far"
+    interrupted sampling keeps its chunks and its seconds so far, saved with `save_state`). With a
+    threshold, only samples that the GAN run's own classifier (trained on the same real images, so no
+    other data leaks in) gives their class with at least that confidence, drawn until n are kept."""
+    name = f"{gan}-filtered" if threshold else gan
+    path = os.path.join(out, f"{name}-data.npz")
+    key, so_far = f"{name}_sampling_seconds", f"{name}_sampling_seconds_so_far"
     if key not in state:
         import keras
 
-        print(f"== sampling {n} images from {gan}'s generator ...")
-        started, done, source = time.time(), False, os.path.join(out, gan, rundir.GENERATOR)
+        run = os.path.join(out, gan)
+        judge = os.path.join(run, rundir.CLASSIFIER) if threshold else None
+        print(f"== sampling {n} images from {gan}'s generator" + (f", kept where {judge} gives their class >= "
+                                                                f"{threshold:g} ..." if judge else " ..."))
+        if threshold:
+            state["filter_threshold"] = threshold
+        started, done, source = time.time(), False, os.path.join(run, rundir.GENERATOR)
         try:
-            synthetic.write(keras.saving.load_model(source), n, path, seed, describe={"generator": source})
+            synthetic.write(keras.saving.load_model(source), n, path, seed, threshold=threshold,
+                            keep=keras.saving.load_model(judge) if judge else None,
+                            describe={"generator": source, "filter": judge})
             done = True
         finally:
             seconds = round(state.pop(so_far, 0) + time.time() - started, 1)
@@ -305,6 +330,9 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic-n", type=int, default=20000, help="images sampled once from a study GAN's "
                                                                   "generator for the +<gan>-data variants")
+    p.add_argument("--filter-threshold", type=float, default=0.5,
+                   help="the confidence in their class a -filtered-data set's samples need from their GAN run's "
+                        "classifier")
     p.add_argument("--count-generator", action=argparse.BooleanOptionalAction, default=True,
                    help="count a GAN-data variant's generator training and sampling in its budget (equal total "
                         "time); --no-count-generator gives its classifier the whole budget (equal classifier "
@@ -317,6 +345,9 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if not 0 < args.filter_threshold < 1:
+        print(f"error: --filter-threshold {args.filter_threshold:g}: it must be in (0, 1)", file=sys.stderr)
+        return 1
     busy = other_runs()
     if busy and not args.force:
         print("error: other training or test runs are going; equal-time budgets would not be fair:\n  "
@@ -332,7 +363,8 @@ def main(argv=None):
     settings = AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
                                          seed=args.seed)
     problem = (_unpaired(out, args.methods, settings, args.eval_examples) or _generator_first(args.methods, state)
-               or _other_counting(args.methods, state, args.count_generator))
+               or _other_counting(args.methods, state, args.count_generator)
+               or _other_threshold(args.methods, state, args.filter_threshold))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
@@ -352,8 +384,16 @@ def main(argv=None):
         gan = data_source(name)
         budget = 60 * args.budget_minutes
         if gan:  # the generator's training and the sampling count in the budget (unless --no-count-generator)
-            variant["synthetic"], entry["sampling_seconds"] = sample_set(
-                gan, state, out, args.synthetic_n, args.seed, save_state)
+            try:
+                variant["synthetic"], entry["sampling_seconds"] = sample_set(
+                    gan, state, out, args.synthetic_n, args.seed, save_state,
+                    args.filter_threshold if filtered(name) else 0.0)
+            except synthetic.SampleError as e:  # a filter that keeps too little: its chunks and time are kept
+                print(f"error: {name}: {e}", file=sys.stderr)
+                return 1
+            if filtered(name):
+                with open(synthetic.metadata_path(variant["synthetic"])) as f:
+                    entry["kept_fraction"] = json.load(f)["kept_fraction"]
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             if args.count_generator:
                 budget -= entry["generator_seconds"] + entry["sampling_seconds"]
@@ -446,7 +486,8 @@ def table_rows(state, out, args, dataset):
                      "early_stop": metrics.get("early_stop"),
                      "generator_minutes": round((entry.get("generator_seconds", 0) + entry.get(
                          "sampling_seconds", 0)) / 60, 1), "best_epoch": (metrics.get("best_epoch") or {}).get("epoch"),
-                     "masking": rep["possible_gradient_masking"], "cotraining": entry.get("cotraining")})
+                     "masking": rep["possible_gradient_masking"], "cotraining": entry.get("cotraining"),
+                     "kept_fraction": entry.get("kept_fraction")})
     return rows
 
 
@@ -463,8 +504,8 @@ def command(args):
     parts = ["python bench/study.py", f"--dataset {args.dataset}", "--methods " + " ".join(args.methods),
              f"--budget-minutes {args.budget_minutes:g}", f"--square-queries {args.square_queries}"]
     p = parser()
-    parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("eval_examples", "apgd_targets", "seed")
-              if getattr(args, k) != p.get_default(k)]
+    optional = ("eval_examples", "apgd_targets", "seed", "filter_threshold")
+    parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in optional if getattr(args, k) != p.get_default(k)]
     parts += [] if args.count_generator else ["--no-count-generator"]
     if args.set:
         parts.append("--set " + " ".join(args.set))
@@ -542,6 +583,7 @@ def write_outputs(rows, state, out, args):
         gan_train = f"{100 * r['gan_train']:.1f}" if r.get("gan_train") is not None else "–"
         note = " (early stop)" if r["early_stop"] else ""
         note += f" (co-training: {r['cotraining']}'s)" if r.get("cotraining") else ""
+        note += f" (kept {r['kept_fraction']:.0%} of the samples)" if r.get("kept_fraction") else ""
         epochs = f"{r['epochs']}" + (f" of {r['planned_epochs']}" if r["epochs"] < r["planned_epochs"] else "")
         total = round(r["train_minutes"] + r["generator_minutes"], 1)
         lines.append(f"| {r['method']}{note} | {epochs} (+{r['finetune_epochs']}) | {r['classifier_steps']} | "

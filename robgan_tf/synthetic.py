@@ -57,7 +57,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
     while counts.min() < per_class:
         if index >= max_chunks:
             raise SampleError(f"after {drawn} candidates the filter kept only {counts.min()} of the {per_class} "
-                              f"samples asked in some class: lower --threshold")
+                              f"samples asked in some class: lower the confidence threshold")
         labels = np.arange(chunk) % num_classes
         images = generate(generator, labels, seed=_chunk_seed(seed, index))
         accepted = np.ones(chunk, bool)

@@ -1,6 +1,8 @@
 import dataclasses
+import functools
 import json
 import os
+import shutil
 import sys
 import time
 import types
@@ -234,6 +236,29 @@ def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
     path, seconds = study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
     assert seconds >= saved[0]["robgan_sampling_seconds_so_far"] and set(state) == {"robgan_sampling_seconds"}
     assert np.bincount(np.load(path)["y"]).tolist() == [10] * 4
+
+
+def test_a_filtered_set_is_judged_by_its_gan_runs_own_classifier(tmp_path, monkeypatch):
+    from robgan_tf import models
+    keras.utils.set_random_seed(0)
+    (tmp_path / "robgan").mkdir()
+    models.build_generator((16, 16, 1), 4, width=4, z_dim=8).save(tmp_path / "robgan" / "generator.keras")
+    favours_0 = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(), keras.layers.Dense(
+        4, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant([2.0, 0.0, 0.0, 0.0]))])
+    favours_0.save(tmp_path / "robgan" / "classifier.keras")  # confidence 0.71 in class 0, 0.10 in the others
+    state = {}
+    monkeypatch.setattr(study.synthetic, "write", functools.partial(study.synthetic.write, verbose=0, max_chunks=2))
+    with pytest.raises(study.synthetic.SampleError, match="the filter kept only 0"):  # classes 1-3 never pass
+        study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: None, threshold=0.5)
+    assert state["filter_threshold"] == 0.5 and "robgan-filtered_sampling_seconds_so_far" in state
+    shutil.rmtree(tmp_path / "robgan-filtered-data.npz.parts")  # as the refusal to change thresholds says
+    path, _ = study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: None, threshold=0.05)
+    assert path.endswith("robgan-filtered-data.npz") and "robgan-filtered_sampling_seconds" in state
+    meta = json.loads((tmp_path / "robgan-filtered-data.json").read_text())
+    assert meta["threshold"] == 0.05 and meta["filter"] == str(tmp_path / "robgan" / "classifier.keras")
+    assert study._other_threshold(["pgd-at+robgan-filtered-data"], state, 0.5).startswith("the study's filtered")
+    assert study._other_threshold(["pgd-at+robgan-data"], state, 0.5) is None
+    assert study.filtered("trades+cgan-de-filtered-data") and not study.filtered("trades+cgan-de-data")
 
 
 def test_a_run_cannot_start_from_a_co_training_it_does_not_have(tmp_path):

@@ -259,26 +259,27 @@ def cotrain_budget(entry, dataset):
     return config.epochs * steps_per_epoch(config, dataset)[0] * entry["step_seconds"]["cotrain"]
 
 
-def sample_set(gan, state, out, n, seed, save_state, threshold=0.0):
+def sample_set(gan, state, out, n, seed, save_state, threshold=None):
     """The study's set of n samples of a GAN run's generator (made once, timed, resumable: an
     interrupted sampling keeps its chunks and its seconds so far, saved with `save_state`). With a
-    threshold, only samples that the GAN run's own classifier (trained on the same real images, so no
-    other data leaks in) gives their class with at least that confidence, drawn until n are kept."""
-    name = f"{gan}-filtered" if threshold else gan
+    threshold, drawn until n are kept of the samples whose class is the top class of the GAN run's
+    own classifier (trained on the same real images: no other data leaks in), with at least that
+    confidence."""
+    name = gan if threshold is None else f"{gan}-filtered"
     path = os.path.join(out, f"{name}-data.npz")
     key, so_far = f"{name}_sampling_seconds", f"{name}_sampling_seconds_so_far"
     if key not in state:
         import keras
 
         run = os.path.join(out, gan)
-        judge = os.path.join(run, rundir.CLASSIFIER) if threshold else None
-        print(f"== sampling {n} images from {gan}'s generator" + (f", kept where {judge} gives their class >= "
-                                                                f"{threshold:g} ..." if judge else " ..."))
-        if threshold:
+        judge = None if threshold is None else os.path.join(run, rundir.CLASSIFIER)
+        print(f"== sampling {n} images from {gan}'s generator" + (f", kept where {judge}'s top class is theirs "
+                                                                f"(confidence >= {threshold:g}) ..." if judge else " ..."))
+        if judge:
             state["filter_threshold"] = threshold
         started, done, source = time.time(), False, os.path.join(run, rundir.GENERATOR)
         try:
-            synthetic.write(keras.saving.load_model(source), n, path, seed, threshold=threshold,
+            synthetic.write(keras.saving.load_model(source), n, path, seed, threshold=threshold or 0.0,
                             keep=keras.saving.load_model(judge) if judge else None,
                             describe={"generator": source, "filter": judge})
             done = True
@@ -330,9 +331,9 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic-n", type=int, default=20000, help="images sampled once from a study GAN's "
                                                                   "generator for the +<gan>-data variants")
-    p.add_argument("--filter-threshold", type=float, default=0.5,
-                   help="the confidence in their class a -filtered-data set's samples need from their GAN run's "
-                        "classifier")
+    p.add_argument("--filter-threshold", type=float, default=0.0,
+                   help="a -filtered-data set keeps the samples whose class is its GAN run's classifier's top class, "
+                        "with at least this confidence")
     p.add_argument("--count-generator", action=argparse.BooleanOptionalAction, default=True,
                    help="count a GAN-data variant's generator training and sampling in its budget (equal total "
                         "time); --no-count-generator gives its classifier the whole budget (equal classifier "
@@ -345,8 +346,8 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if not 0 < args.filter_threshold < 1:
-        print(f"error: --filter-threshold {args.filter_threshold:g}: it must be in (0, 1)", file=sys.stderr)
+    if not 0 <= args.filter_threshold < 1:
+        print(f"error: --filter-threshold {args.filter_threshold:g}: it must be in [0, 1)", file=sys.stderr)
         return 1
     busy = other_runs()
     if busy and not args.force:
@@ -387,7 +388,7 @@ def main(argv=None):
             try:
                 variant["synthetic"], entry["sampling_seconds"] = sample_set(
                     gan, state, out, args.synthetic_n, args.seed, save_state,
-                    args.filter_threshold if filtered(name) else 0.0)
+                    args.filter_threshold if filtered(name) else None)
             except synthetic.SampleError as e:  # a filter that keeps too little: its chunks and time are kept
                 print(f"error: {name}: {e}", file=sys.stderr)
                 return 1

@@ -4,7 +4,7 @@ The set is class-balanced and in the `--data-dir` format (`x` uint8 NHWC, `y` ui
 written in chunks beside the output file (`<out>.parts/`), each chunk drawn from (seed, chunk
 index) alone, so an interrupted run resumes where it stopped and makes exactly the samples an
 uninterrupted one would have. An optional filter keeps only the samples that a classifier
-assigns to their asked class with confidence >= a threshold (Wang et al. 2023).
+assigns to their asked class (its top class), with confidence >= a threshold (Wang et al. 2023).
 """
 
 import json
@@ -36,7 +36,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
           verbose=1):
     """Writes n class-balanced samples of `generator` (a Keras G(z, y)) to `out` (.npz) and their
     metadata to `out` with .json; returns the metadata. `keep`, a Keras classifier, filters:
-    a sample stays if softmax(keep(x))[y] >= threshold. `describe` goes into the metadata (what
+    a sample stays if argmax keep(x) = y and softmax(keep(x))[y] >= threshold. `describe` goes into the metadata (what
     the generator and filter are)."""
     num_classes = _num_classes(generator)
     if n < num_classes or n % num_classes:
@@ -63,7 +63,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         accepted = np.ones(chunk, bool)
         if keep is not None:
             probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(keep.predict(images, verbose=0)))
-            accepted = probabilities[np.arange(chunk), labels] >= threshold
+            accepted = (probabilities.argmax(1) == labels) & (probabilities[np.arange(chunk), labels] >= threshold)
         taken = []
         for c in range(num_classes):  # in chunk order, up to what the class still needs
             taken += list(np.flatnonzero(accepted & (labels == c))[:per_class - counts[c]])

@@ -65,6 +65,7 @@ def test_the_filter_keeps_only_confident_samples(generator, tmp_path):
     f = np.load(tmp_path / "f.npz")
     confidence = keras.ops.convert_to_numpy(keras.ops.softmax(keep.predict(f["x"] / 255.0, verbose=0)))
     assert (confidence[np.arange(8), f["y"]] >= 0.25 - 0.005).all()  # uint8 rounding moves it slightly
+    assert (confidence.argmax(1) == f["y"]).all()  # and it is the filter's top class
     assert meta["kept_fraction"] < 1 and np.bincount(f["y"]).tolist() == [2, 2, 2, 2]
     with pytest.raises(synthetic.SampleError, match="lower the confidence threshold"):
         synthetic.write(generator, 8, str(tmp_path / "g.npz"), keep=keep, threshold=0.999, chunk=8, verbose=0,

@@ -19,9 +19,10 @@ def parser():
     p.add_argument("--out", required=True, help="the .npz to write (rerun the same command to resume)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--chunk", type=int, default=1000, help="candidates drawn per chunk on disk (default: 1000)")
-    p.add_argument("--filter", help="a classifier (.keras, or a run directory's classifier.keras) whose "
-                                    "confidence in the asked class decides which samples stay")
-    p.add_argument("--threshold", type=float, default=0.0, help="with --filter: the confidence to reach")
+    p.add_argument("--filter", help="a classifier (.keras, or a run directory's classifier.keras): a sample "
+                                    "stays if the asked class is its top class")
+    p.add_argument("--threshold", type=float, default=0.0, help="with --filter: and its confidence in it is at "
+                                                                  "least this")
     return p
 
 

@@ -66,24 +66,34 @@ def other_runs():
     return found
 
 
-class LoadSampler:
-    """Samples the 1-minute load average every `every` seconds while training runs."""
+LOAD_EVERY = 30.0  # seconds between load samples, and between saves of a training's time so far
 
-    def __init__(self, every=30.0):
-        self.every, self.samples, self._stop = every, [], threading.Event()
+
+class LoadSampler:
+    """Samples the 1-minute load average every LOAD_EVERY seconds while training runs and hands
+    the samples so far to `on_sample` each time (which saves them: a kill loses at most that long)."""
+
+    def __init__(self, on_sample=lambda samples: None):
+        self.samples, self._on_sample, self._stop = [], on_sample, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.wait(self.every):
+        while not self._stop.wait(LOAD_EVERY):
             self.samples.append(os.getloadavg()[0])
+            self._on_sample(self.samples)
 
     def __enter__(self):
         self.samples.append(os.getloadavg()[0])
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def stop(self):
+        """Ends the sampling; no `on_sample` call runs after it returns."""
         self._stop.set()
+        self._thread.join()
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 def steps_per_epoch(config, dataset):
@@ -431,18 +441,24 @@ def main(argv=None):
         if not entry.get("trained"):
             print(f"== {name}: {config.epochs} epochs + {config.finetune_epochs} fine-tuning epochs "
                   f"in a {args.budget_minutes:g}-minute budget (step {entry['step_seconds']})")
-            started = time.time()
-            with LoadSampler() as load:
+            started, seconds_before, samples_before = time.time(), entry.get("train_seconds", 0), entry.get(
+                "load_samples", [])
+
+            def record(samples):  # the time and load so far, saved: an interrupted or killed run resumes with them
+                entry["train_seconds"] = round(seconds_before + time.time() - started, 1)
+                entry["load_samples"] = samples_before + [round(s, 2) for s in samples]
+                entry["load_average"] = {"mean": round(sum(entry["load_samples"]) / len(entry["load_samples"]), 2),
+                                         "max": max(entry["load_samples"])}
+                save_state()
+
+            with LoadSampler(record) as load:
                 try:
                     trainer.train(config, dataset, run_dir,
                                   after_stage=keep_cotrained(run_dir))
                     entry["trained"] = True
-                finally:  # an interrupted run keeps its time and load record and resumes next time
-                    samples = entry.get("load_samples", []) + [round(s, 2) for s in load.samples]
-                    entry["train_seconds"] = round(entry.get("train_seconds", 0) + time.time() - started, 1)
-                    entry["load_samples"] = samples
-                    entry["load_average"] = {"mean": round(sum(samples) / len(samples), 2), "max": max(samples)}
-                    save_state()
+                finally:
+                    load.stop()
+                    record(load.samples)
         eval_dir = os.path.join(run_dir, "study_evaluation")
         if name not in CONTROLS and not os.path.exists(os.path.join(eval_dir, report.REPORT_JSON)):
             print(f"== {name}: autoattack on {len(y_eval)} test examples")

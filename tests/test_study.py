@@ -218,6 +218,25 @@ def test_interrupted_training_keeps_its_wall_clock_and_resumes(tiny_data_dir, tm
     assert "--seed" not in recorded  # a default is not repeated
 
 
+def test_a_killed_training_has_saved_its_time_so_far(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "other_runs", lambda: [])
+    monkeypatch.setattr(study, "probe_step_seconds", lambda *a, **k: {"train": 0.01})
+    monkeypatch.setattr(study, "LOAD_EVERY", 0.1)
+    on_disk = []
+
+    def killed_after_a_while(*_, **__):  # what study.json holds when a SIGKILL (no finally) would strike
+        time.sleep(0.5)
+        on_disk.append(json.loads((tmp_path / "study" / "study.json").read_text())["methods"]["pgd-at"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.trainer, "train", killed_after_a_while)
+    with pytest.raises(KeyboardInterrupt):
+        study.main(["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "pgd-at", "--out",
+                    str(tmp_path / "study"), "--benchmarks", str(tmp_path / "none.md"), "--set", "train_limit=128"])
+    (entry,) = on_disk
+    assert 0.2 <= entry["train_seconds"] <= 0.5 and len(entry["load_samples"]) >= 3
+
+
 def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
     from robgan_tf import models
     keras.utils.set_random_seed(0)

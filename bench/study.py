@@ -31,7 +31,10 @@ from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained,
 # real/fake logit on the class, so AC-GAN's class term for G, which pulls G to one template a class, is cut to 0.1
 DATA_EFFICIENT_GAN = {"projection": True, "diffaugment": "color,translation,cutout", "gan_loss": "hinge",
                       "g_ema_decay": 0.999, "g_class_weight": 0.1}
-GENERATORS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN runs whose generators other variants use
+GAN_RUNS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN methods (rows c, and e's generator)
+GENERATOR_SHARE = 0.5  # a "-half" GAN's share of the budget; its data rows' classifier gets the rest
+HALF_GANS = tuple(f"{gan}-half" for gan in GAN_RUNS)  # generators for GAN-data rows at equal total time
+GENERATORS = GAN_RUNS + HALF_GANS  # the study's GAN runs whose generators other variants use
 VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the study's Rob-GAN run
     # every registered method at its defaults (cgan is trained for as long as robgan's co-training)
     **{name: {"method": name} for name in methods.METHODS},
@@ -45,8 +48,13 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
     **{f"{base}+{gan}-{kind}data": {"method": base, "synthetic": "{" + gan + "}"}
        for base in ("pgd-at", "trades") for gan in GENERATORS for kind in ("", "filtered-")},
 }
-GAN_PARTNER = {"cgan": "robgan", "cgan-de": "robgan-de"}  # a plain cGAN: the Rob-GAN run whose co-training it matches
-CONTROLS = tuple(GAN_PARTNER)  # trained for their generator only: not evaluated, not in the table
+# each GAN again, trained on GENERATOR_SHARE of the budget (Rob-GAN's co-training only: fine-tuning makes no
+# generator) so that its data rows fit the budget with their generator (equal total time, whatever --count-generator)
+VARIANTS.update({f"{gan}-half": {**VARIANTS[gan], **({"finetune_epochs": 0} if VARIANTS[gan]["method"] == "robgan"
+                                                      else {})} for gan in GAN_RUNS})
+# a plain cGAN: the Rob-GAN run whose co-training it matches
+GAN_PARTNER = {"cgan": "robgan", "cgan-de": "robgan-de", "cgan-half": "robgan-half", "cgan-de-half": "robgan-de-half"}
+CONTROLS = tuple(GAN_PARTNER) + ("robgan-half", "robgan-de-half")  # generators only: not evaluated, not in the table
 FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
 
@@ -197,11 +205,17 @@ def gans_of(names):
     return {gan for name in names for gan in ({name} if name in GENERATORS else needs(name))}
 
 
+def counts_generator(name, count_generator):
+    """Whether a GAN-data variant's budget includes its generator's training and sampling: with
+    --count-generator, or always for a "-half" GAN's, which is sized for that."""
+    return count_generator or data_source(name) in HALF_GANS
+
+
 def _other_counting(methods, state, count_generator):
     """Why a GAN-data variant sized with the other --count-generator would be resumed, or None."""
     for name in methods:
         kept = state["methods"].get(name, {}).get("count_generator")
-        if kept is not None and kept != count_generator:
+        if kept is not None and kept != counts_generator(name, count_generator):
             flag = "--count-generator" if kept else "--no-count-generator"
             return (f"{name} was sized with {flag}; rerun with it, or remove its entry from study.json and its folder "
                     f"to size it again")
@@ -406,10 +420,12 @@ def main(argv=None):
                 with open(synthetic.metadata_path(variant["synthetic"])) as f:
                     entry["kept_fraction"] = json.load(f)["kept_fraction"]
             entry["generator_seconds"] = generator_seconds(gan, state, out)
-            if args.count_generator:
+            if counts_generator(name, args.count_generator):
                 budget -= entry["generator_seconds"] + entry["sampling_seconds"]
         elif name in GAN_PARTNER:  # a generator trained for as long as its Rob-GAN's co-training was sized to take
             budget = cotrain_budget(state["methods"][GAN_PARTNER[name]], dataset)
+        elif name in HALF_GANS:
+            budget *= GENERATOR_SHARE
         base = methods.config_for(args.dataset, variant.pop("method"),
                                   {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
         shared = shares_cotraining(name)
@@ -423,14 +439,14 @@ def main(argv=None):
                                        entry["train_seconds"], entry["step_seconds"])
                 entry["cotraining"] = "robgan"
             else:
-                counted = gan and args.count_generator
+                counted = gan and counts_generator(name, args.count_generator)
                 problem = no_time_left(name, gan, entry, budget, base, dataset) if counted else None
                 if problem:
                     save_state()  # the sampling is done and kept
                     print(f"error: {problem}", file=sys.stderr)
                     return 1
                 if gan:
-                    entry["count_generator"] = args.count_generator
+                    entry["count_generator"] = counted
                 config = sized_config(base, dataset, budget, entry["step_seconds"])
             entry["config"] = config.as_dict()
             entry["budget_minutes"] = args.budget_minutes
@@ -585,7 +601,8 @@ def write_outputs(rows, state, out, args):
              f"Budget {args.budget_minutes:g} training minutes per method, "
              + ("a generator's training and sampling included (G + sampling); " if args.count_generator else
                 "a GAN-data row's classifier included, its generator's training and sampling (G + sampling) "
-                "on top: equal classifier time, not equal total time; ") +
+                "on top: equal classifier time, not equal total time (except for a \"-half\" GAN's rows, whose "
+                f"generator was trained on {GENERATOR_SHARE:.0%} of the budget and is counted in it); ") +
              f"classifier steps are the robust classifier's optimizer updates (D's in co-training, then "
              f"fine-tuning's), for a comparison at equal steps. "
              f"Command: `{command(args)}`. "

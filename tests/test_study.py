@@ -94,6 +94,10 @@ def test_every_variant_names_its_study_gan_by_folder():
     assert study.variant_settings("trades+cgan-data", "out")["synthetic"] == os.path.join("out", "cgan")
     assert study.variant_settings("pgd-at+robgan-de-data", "out")["synthetic"] == os.path.join("out", "robgan-de")
     assert study.variant_settings("cgan-de", "out")["projection"] is True
+    assert study.variant_settings("pgd-at+cgan-de-half-data", "out")["synthetic"] == os.path.join("out", "cgan-de-half")
+    assert study.VARIANTS["robgan-de-half"] == {**study.VARIANTS["robgan-de"], "finetune_epochs": 0}
+    assert study.counts_generator("pgd-at+cgan-de-half-data", False)  # equal total time, always
+    assert not study.counts_generator("pgd-at+cgan-de-data", False) and study.counts_generator("pgd-at+cgan-data", True)
     # a method added to the registry is a study row at its defaults with no edit here (n-fgsm, issue 17)
     assert all(study.VARIANTS[name] == {"method": name} for name in study.methods.METHODS)
     assert study.parser().parse_args(["--methods", "n-fgsm"]).methods == ["n-fgsm"]
@@ -235,6 +239,22 @@ def test_a_killed_training_has_saved_its_time_so_far(tiny_data_dir, tmp_path, mo
                     str(tmp_path / "study"), "--benchmarks", str(tmp_path / "none.md"), "--set", "train_limit=128"])
     (entry,) = on_disk
     assert 0.2 <= entry["train_seconds"] <= 0.5 and len(entry["load_samples"]) >= 3
+
+
+def test_a_half_gan_gets_its_share_of_the_budget_for_co_training_only(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "other_runs", lambda: [])
+    monkeypatch.setattr(study, "probe_step_seconds", lambda *a, **k: {"cotrain": 0.01, "finetune": 0.01})
+    monkeypatch.setattr(study.trainer, "train", _interrupted_after_a_while)
+    for name in ("robgan", "robgan-half"):
+        with pytest.raises(KeyboardInterrupt):
+            study.main(["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", name, "--out",
+                        str(tmp_path / name), "--benchmarks", str(tmp_path / "none.md"), "--budget-minutes", "1",
+                        "--set", "train_limit=128"])
+    sized = {name: study.Config(**json.loads((tmp_path / name / "study.json").read_text())["methods"][name]["config"])
+             for name in ("robgan", "robgan-half")}
+    steps = study.steps_per_epoch(sized["robgan-half"], study.data.load("tiny", str(tiny_data_dir)))[0]
+    assert sized["robgan-half"].finetune_epochs == 0 and sized["robgan"].finetune_epochs > 0
+    assert sized["robgan-half"].epochs * steps * 0.01 <= 30 < (sized["robgan-half"].epochs + 1) * steps * 0.01
 
 
 def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):

@@ -74,21 +74,22 @@ def other_runs():
     return found
 
 
-LOAD_EVERY = 30.0  # seconds between load samples, and between saves of a training's time so far
+BEAT_SECONDS = 30.0  # between load samples, and between saves of a training's or a sampling's time so far
 
 
-class LoadSampler:
-    """Samples the 1-minute load average every LOAD_EVERY seconds while training runs and hands
-    the samples so far to `on_sample` each time (which saves them: a kill loses at most that long)."""
+class Heartbeat:
+    """Every BEAT_SECONDS while a long step (training, sampling) runs: samples the 1-minute load
+    average and hands the samples so far to `on_beat`, which saves the step's time so far (so a
+    kill loses at most that long)."""
 
-    def __init__(self, on_sample=lambda samples: None):
-        self.samples, self._on_sample, self._stop = [], on_sample, threading.Event()
+    def __init__(self, on_beat):
+        self.samples, self._on_beat, self._stop = [], on_beat, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.wait(LOAD_EVERY):
+        while not self._stop.wait(BEAT_SECONDS):
             self.samples.append(os.getloadavg()[0])
-            self._on_sample(self.samples)
+            self._on_beat(self.samples)
 
     def __enter__(self):
         self.samples.append(os.getloadavg()[0])
@@ -96,7 +97,7 @@ class LoadSampler:
         return self
 
     def stop(self):
-        """Ends the sampling; no `on_sample` call runs after it returns."""
+        """Ends the beats; no `on_beat` call runs after it returns."""
         self._stop.set()
         self._thread.join()
 
@@ -301,16 +302,22 @@ def sample_set(gan, state, out, n, seed, save_state, threshold=None):
                                                                 f"(confidence >= {threshold:g}) ..." if judge else " ..."))
         if judge:
             state["filter_threshold"] = threshold
-        started, done, source = time.time(), False, os.path.join(run, rundir.GENERATOR)
-        try:
-            synthetic.write(keras.saving.load_model(source), n, path, seed, threshold=threshold or 0.0,
-                            keep=keras.saving.load_model(judge) if judge else None,
-                            describe={"generator": source, "filter": judge})
-            done = True
-        finally:
-            seconds = round(state.pop(so_far, 0) + time.time() - started, 1)
-            state[key if done else so_far] = seconds
+        started, before, source = time.time(), state.get(so_far, 0), os.path.join(run, rundir.GENERATOR)
+
+        def record(_=None):  # the seconds so far, saved: an interrupted or killed sampling resumes with them
+            state[so_far] = round(before + time.time() - started, 1)
             save_state()
+
+        with Heartbeat(record) as beats:
+            try:
+                synthetic.write(keras.saving.load_model(source), n, path, seed, threshold=threshold or 0.0,
+                                keep=keras.saving.load_model(judge) if judge else None,
+                                describe={"generator": source, "filter": judge})
+            finally:  # finished or not, its time so far is kept
+                beats.stop()
+                record()
+        state[key] = state.pop(so_far)
+        save_state()
     return path, state[key]
 
 
@@ -467,7 +474,7 @@ def main(argv=None):
                                          "max": max(entry["load_samples"])}
                 save_state()
 
-            with LoadSampler(record) as load:
+            with Heartbeat(record) as load:
                 try:
                     trainer.train(config, dataset, run_dir,
                                   after_stage=keep_cotrained(run_dir))

@@ -31,7 +31,7 @@ from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained,
 # real/fake logit on the class, so AC-GAN's class term for G, which pulls G to one template a class, is cut to 0.1
 DATA_EFFICIENT_GAN = {"projection": True, "diffaugment": "color,translation,cutout", "gan_loss": "hinge",
                       "g_ema_decay": 0.999, "g_class_weight": 0.1}
-GAN_RUNS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN methods (rows c, and e's generator)
+GAN_RUNS = ("robgan", "cgan", "robgan-de", "cgan-de")  # the study's GAN runs: Rob-GAN rows and plain cGANs
 GENERATOR_SHARE = 0.5  # a "-half" GAN's share of the budget; its data rows' classifier gets the rest
 HALF_GANS = tuple(f"{gan}-half" for gan in GAN_RUNS)  # generators for GAN-data rows at equal total time
 GENERATORS = GAN_RUNS + HALF_GANS  # the study's GAN runs whose generators other variants use
@@ -50,11 +50,12 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
 }
 # each GAN again, trained on GENERATOR_SHARE of the budget (Rob-GAN's co-training only: fine-tuning makes no
 # generator) so that its data rows fit the budget with their generator (equal total time, whatever --count-generator)
-VARIANTS.update({f"{gan}-half": {**VARIANTS[gan], **({"finetune_epochs": 0} if VARIANTS[gan]["method"] == "robgan"
-                                                      else {})} for gan in GAN_RUNS})
+for gan in GAN_RUNS:
+    VARIANTS[f"{gan}-half"] = {**VARIANTS[gan], "finetune_epochs": 0} if gan.startswith("robgan") else VARIANTS[gan]
 # a plain cGAN: the Rob-GAN run whose co-training it matches
 GAN_PARTNER = {"cgan": "robgan", "cgan-de": "robgan-de", "cgan-half": "robgan-half", "cgan-de-half": "robgan-de-half"}
-CONTROLS = tuple(GAN_PARTNER) + ("robgan-half", "robgan-de-half")  # generators only: not evaluated, not in the table
+# trained for their generator only (plain cGANs, every -half GAN): not evaluated, not in the table
+CONTROLS = tuple(dict.fromkeys(tuple(GAN_PARTNER) + HALF_GANS))
 FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
 
@@ -253,8 +254,9 @@ def _other_threshold(methods, state, threshold):
     """Why a filtered set made at another --filter-threshold would be reused, or None."""
     kept = state.get("filter_threshold")
     if kept is not None and kept != threshold and any(filtered(name) for name in methods):
-        return (f"the study's filtered sets were made with --filter-threshold {kept:g}; rerun with it, or delete "
-                f"them (*-filtered-data.*) and their keys in study.json to filter again")
+        return (f"the study's filtered sets were made with --filter-threshold {kept:g}; rerun with it, or, to filter "
+                f"again, delete the sets (*-filtered-data.*) and the rows trained on them (their folders, and their "
+                f"entries in study.json's methods), and study.json's filter_threshold and *-filtered_sampling_* keys")
     return None
 
 
@@ -265,9 +267,10 @@ def no_time_left(name, gan, entry, budget_seconds, base, dataset):
     if budget_seconds >= steps_per_epoch(base, dataset)[0] * step:
         return None
     spent = (entry["generator_seconds"] + entry["sampling_seconds"]) / 60
+    remedy = ("lower --synthetic-n" if gan in HALF_GANS else "pass --no-count-generator to give it the whole "
+              "budget (its row then shows the generator's minutes on top)")
     return (f"{name}: training {gan}'s generator and sampling it took {spent:.1f} minutes, which leaves its "
-            f"classifier less than one epoch of the budget; raise --budget-minutes, or pass --no-count-generator "
-            f"to give it the whole budget (its row then shows the generator's minutes on top)")
+            f"classifier less than one epoch of the budget; raise --budget-minutes, or {remedy}")
 
 
 def generator_seconds(name, state, out):
@@ -300,8 +303,9 @@ def sample_set(gan, state, out, n, seed, save_state, threshold=None):
         judge = None if threshold is None else os.path.join(run, rundir.CLASSIFIER)
         print(f"== sampling {n} images from {gan}'s generator" + (f", kept where {judge}'s top class is theirs "
                                                                 f"(confidence >= {threshold:g}) ..." if judge else " ..."))
-        if judge:
+        if judge:  # recorded before any chunk is drawn, so that a resume at another threshold is refused
             state["filter_threshold"] = threshold
+            save_state()
         started, before, source = time.time(), state.get(so_far, 0), os.path.join(run, rundir.GENERATOR)
 
         def record(_=None):  # the seconds so far, saved: an interrupted or killed sampling resumes with them
@@ -431,7 +435,7 @@ def main(argv=None):
                 budget -= entry["generator_seconds"] + entry["sampling_seconds"]
         elif name in GAN_PARTNER:  # a generator trained for as long as its Rob-GAN's co-training was sized to take
             budget = cotrain_budget(state["methods"][GAN_PARTNER[name]], dataset)
-        elif name in HALF_GANS:
+        elif name in HALF_GANS:  # a generator for rows at equal total time
             budget *= GENERATOR_SHARE
         base = methods.config_for(args.dataset, variant.pop("method"),
                                   {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
@@ -464,8 +468,8 @@ def main(argv=None):
         if not entry.get("trained"):
             print(f"== {name}: {config.epochs} epochs + {config.finetune_epochs} fine-tuning epochs "
                   f"in a {args.budget_minutes:g}-minute budget (step {entry['step_seconds']})")
-            started, seconds_before, samples_before = time.time(), entry.get("train_seconds", 0), entry.get(
-                "load_samples", [])
+            started = time.time()
+            seconds_before, samples_before = entry.get("train_seconds", 0), entry.get("load_samples", [])
 
             def record(samples):  # the time and load so far, saved: an interrupted or killed run resumes with them
                 entry["train_seconds"] = round(seconds_before + time.time() - started, 1)
@@ -494,6 +498,9 @@ def main(argv=None):
         generator_scores(gan, state, out, dataset)
         save_state()
     rows = table_rows(state, out, args, dataset)
+    if not rows:  # only generators (controls) so far
+        print("no evaluated row yet: the table waits for one")
+        return 0
     write_outputs(rows, state, out, args)
     return 0
 

@@ -238,7 +238,7 @@ def test_a_killed_training_has_saved_its_time_so_far(tiny_data_dir, tmp_path, mo
         study.main(["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "pgd-at", "--out",
                     str(tmp_path / "study"), "--benchmarks", str(tmp_path / "none.md"), "--set", "train_limit=128"])
     (entry,) = on_disk
-    assert 0.2 <= entry["train_seconds"] <= 0.5 and len(entry["load_samples"]) >= 3
+    assert 0.2 <= entry["train_seconds"] < 5 and len(entry["load_samples"]) >= 3  # beats while it ran
 
 
 def test_a_half_gan_gets_its_share_of_the_budget_for_co_training_only(tiny_data_dir, tmp_path, monkeypatch):
@@ -273,8 +273,9 @@ def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
     assert set(saved[-1]) == {"robgan_sampling_seconds_so_far"}  # loss), then the whole time at the Ctrl-C
     assert 0.3 <= saved[-1]["robgan_sampling_seconds_so_far"] < 30
     monkeypatch.setattr(study.synthetic, "write", lambda *a, **k: real_write(*a, **{**k, "verbose": 0}))
+    interrupted = saved[-1]["robgan_sampling_seconds_so_far"]
     path, seconds = study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
-    assert seconds >= saved[0]["robgan_sampling_seconds_so_far"] and set(state) == {"robgan_sampling_seconds"}
+    assert seconds >= interrupted and set(state) == {"robgan_sampling_seconds"}
     assert np.bincount(np.load(path)["y"]).tolist() == [10] * 4
 
 

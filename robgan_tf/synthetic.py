@@ -53,11 +53,16 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         index += 1
     bar = keras.utils.Progbar(n, verbose=verbose, unit_name="sample")
     bar.update(int(counts.sum()))
-    started = time.time()
+    started, passed, drawn_now = time.time(), np.zeros(num_classes), 0  # this session's filter pass counts
     while counts.min() < per_class:
-        if index >= max_chunks:
+        # a filter that cannot fill a class within max_chunks is refused as soon as a few chunks show it
+        rates = (passed + 1) / (drawn_now / num_classes + 2)  # per class, smoothed: no pass yet is not a rate of 0
+        chunks_left = np.max((per_class - counts) / (rates * chunk / num_classes))
+        if index >= max_chunks or (drawn_now >= 3 * chunk and index + chunks_left > max_chunks):
             raise SampleError(f"after {drawn} candidates the filter kept only {counts.min()} of the {per_class} "
-                              f"samples asked in some class: lower the confidence threshold")
+                              f"samples asked in some class (it passes as few as {np.min(passed) / max(drawn_now / num_classes, 1):.1%} "
+                              f"of a class's candidates): "
+                              f"lower the confidence threshold")
         labels = np.arange(chunk) % num_classes
         images = generate(generator, labels, seed=_chunk_seed(seed, index))
         accepted = np.ones(chunk, bool)
@@ -72,7 +77,8 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         y = labels[taken].astype(np.uint8)
         _save_atomic(_chunk_path(parts, index), x=x, y=y, drawn=chunk)
         counts += np.bincount(y, minlength=num_classes)
-        drawn += chunk
+        passed += np.bincount(labels[accepted], minlength=num_classes)
+        drawn, drawn_now = drawn + chunk, drawn_now + chunk
         index += 1
         bar.update(int(counts.sum()))
     x, y = _join(parts, index)

@@ -72,6 +72,14 @@ def test_the_filter_keeps_only_confident_samples(generator, tmp_path):
                         max_chunks=3)
 
 
+def test_a_filter_that_cannot_fill_a_class_is_refused_after_a_few_chunks(generator, tmp_path):
+    only_0 = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(), keras.layers.Dense(
+        4, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant([1.0, 0.0, 0.0, 0.0]))])
+    with pytest.raises(synthetic.SampleError, match="passes as few as 0.0% of a class's candidates"):
+        synthetic.write(generator, 40, str(tmp_path / "f.npz"), chunk=400, keep=only_0, verbose=0, max_chunks=20)
+    assert len(list((tmp_path / "f.npz.parts").glob("chunk_*.npz"))) == 3  # not the 20 it was allowed
+
+
 def generate_flat(generator, n):
     from robgan_tf.quality import generate
 

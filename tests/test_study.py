@@ -120,8 +120,14 @@ def test_study_refuses_to_start_next_to_another_run(monkeypatch, capsys):
     assert "other training or test runs" in capsys.readouterr().err
 
 
+def _fixed_step_seconds(config, dataset, stages=None, **_):
+    """The step probe's answer without its timing runs (test_step_probe_times_... tests the probe)."""
+    return {name: 0.02 for name in stages or [stage.name for stage in study.methods.get(config.method).stages]}
+
+
 def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "other_runs", lambda: [])  # pytest itself is a test run
+    monkeypatch.setattr(study, "probe_step_seconds", _fixed_step_seconds)
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n")
     args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "robgan", "pgd-at", "robgan+gen",

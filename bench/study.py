@@ -44,9 +44,11 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
     "robgan-de": {"method": "robgan", **DATA_EFFICIENT_GAN},
     "cgan-de": {"method": "cgan", **DATA_EFFICIENT_GAN},  # trained for as long as robgan-de's co-training
     # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}", ...):
-    # all its samples, or ("-filtered-") those its GAN run's own classifier puts in their class (--filter-threshold)
-    **{f"{base}+{gan}-{kind}data": {"method": base, "synthetic": "{" + gan + "}"}
-       for base in ("pgd-at", "trades") for gan in GENERATORS for kind in ("", "filtered-")},
+    # all its samples, or ("filter") those its GAN run's own classifier puts in their class (--filter-threshold)
+    **{f"{base}+{gan}-data": {"method": base, "synthetic": "{" + gan + "}"}
+       for base in ("pgd-at", "trades") for gan in GENERATORS},
+    **{f"{base}+{gan}-filtered-data": {"method": base, "synthetic": "{" + gan + "}", "filter": True}
+       for base in ("pgd-at", "trades") for gan in GENERATORS},
 }
 # each GAN again, trained on GENERATOR_SHARE of the budget (Rob-GAN's co-training only: fine-tuning makes no
 # generator) so that its data rows fit the budget with their generator (equal total time, whatever --count-generator)
@@ -247,7 +249,7 @@ def data_source(name):
 
 def filtered(name):
     """Whether a GAN-data variant keeps only the samples its GAN run's classifier puts in their class."""
-    return name.endswith("-filtered-data")
+    return VARIANTS[name].get("filter", False)
 
 
 def _other_threshold(methods, state, threshold):
@@ -288,11 +290,11 @@ def cotrain_budget(entry, dataset):
 
 
 def sample_set(gan, state, out, n, seed, save_state, threshold=None):
-    """The study's set of n samples of a GAN run's generator (made once, timed, resumable: an
-    interrupted sampling keeps its chunks and its seconds so far, saved with `save_state`). With a
-    threshold, drawn until n are kept of the samples whose class is the top class of the GAN run's
-    own classifier (trained on the same real images: no other data leaks in), with at least that
-    confidence."""
+    """The study's set of n samples of a GAN run's generator: its path, its sampling seconds and
+    the share of the drawn samples it kept (made once, timed, resumable: an interrupted sampling
+    keeps its chunks and its seconds so far, saved with `save_state`). With a threshold, drawn
+    until n are kept of the samples whose class is the top class of the GAN run's own classifier
+    (trained on the same real images: no other data leaks in), with at least that confidence."""
     name = gan if threshold is None else f"{gan}-filtered"
     path = os.path.join(out, f"{name}-data.npz")
     key, so_far = f"{name}_sampling_seconds", f"{name}_sampling_seconds_so_far"
@@ -322,7 +324,8 @@ def sample_set(gan, state, out, n, seed, save_state, threshold=None):
                 record()
         state[key] = state.pop(so_far)
         save_state()
-    return path, state[key]
+    with open(synthetic.metadata_path(path)) as f:
+        return path, state[key], json.load(f)["kept_fraction"]
 
 
 def generator_scores(gan, state, out, dataset):
@@ -420,16 +423,15 @@ def main(argv=None):
         gan = data_source(name)
         budget = 60 * args.budget_minutes
         if gan:  # the generator's training and the sampling count in the budget (unless --no-count-generator)
+            keep = variant.pop("filter", False)
             try:
-                variant["synthetic"], entry["sampling_seconds"] = sample_set(
-                    gan, state, out, args.synthetic_n, args.seed, save_state,
-                    args.filter_threshold if filtered(name) else None)
+                variant["synthetic"], entry["sampling_seconds"], kept = sample_set(
+                    gan, state, out, args.synthetic_n, args.seed, save_state, args.filter_threshold if keep else None)
             except synthetic.SampleError as e:  # a filter that keeps too little: its chunks and time are kept
                 print(f"error: {name}: {e}", file=sys.stderr)
                 return 1
-            if filtered(name):
-                with open(synthetic.metadata_path(variant["synthetic"])) as f:
-                    entry["kept_fraction"] = json.load(f)["kept_fraction"]
+            if keep:
+                entry["kept_fraction"] = kept
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             if counts_generator(name, args.count_generator):
                 budget -= entry["generator_seconds"] + entry["sampling_seconds"]

@@ -280,8 +280,9 @@ def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
     assert 0.3 <= saved[-1]["robgan_sampling_seconds_so_far"] < 30
     monkeypatch.setattr(study.synthetic, "write", lambda *a, **k: real_write(*a, **{**k, "verbose": 0}))
     interrupted = saved[-1]["robgan_sampling_seconds_so_far"]
-    path, seconds = study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
+    path, seconds, kept = study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
     assert seconds >= interrupted and set(state) == {"robgan_sampling_seconds"}
+    assert kept == 40 / 1000  # the share of the drawn samples in the set: one chunk of 1,000 was drawn for 40
     assert np.bincount(np.load(path)["y"]).tolist() == [10] * 4
 
 

@@ -2,8 +2,8 @@
 
 The set is class-balanced and in the `--data-dir` format (`x` uint8 NHWC, `y` uint8). It is
 written in chunks beside the output file (`<out>.parts/`), each chunk drawn from (seed, chunk
-index) alone, so an interrupted run resumes where it stopped and makes exactly the samples an
-uninterrupted one would have. An optional filter keeps only the samples that a classifier
+index) for the classes the chunks before it left short, so an interrupted run resumes where it
+stopped and makes exactly the samples an uninterrupted one would have. An optional filter keeps only the samples that a classifier
 assigns to their asked class (its top class), with confidence >= a threshold (Wang et al. 2023).
 """
 
@@ -53,17 +53,20 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         index += 1
     bar = keras.utils.Progbar(n, verbose=verbose, unit_name="sample")
     bar.update(int(counts.sum()))
-    started, passed, drawn_now = time.time(), np.zeros(num_classes), 0  # this session's filter pass counts
+    started, drawn_now = time.time(), 0
+    passed, tried = np.zeros(num_classes), np.zeros(num_classes)  # this session's filter counts, per class
     while counts.min() < per_class:
         # a filter that cannot fill a class within max_chunks is refused as soon as a few chunks show it
-        rates = (passed + 1) / (drawn_now / num_classes + 2)  # per class, smoothed: no pass yet is not a rate of 0
-        chunks_left = np.max((per_class - counts) / (rates * chunk / num_classes))
+        short = np.flatnonzero(counts < per_class)
+        rates = (passed[short] + 1) / (tried[short] + 2)  # smoothed: no pass yet is not a rate of 0
+        chunks_left = np.sum((per_class - counts[short]) / rates) / chunk
         if index >= max_chunks or (drawn_now >= 3 * chunk and index + chunks_left > max_chunks):
             raise SampleError(f"after {drawn} candidates the filter kept only {counts.min()} of the {per_class} "
-                              f"samples asked in some class (it passes as few as {np.min(passed) / max(drawn_now / num_classes, 1):.1%} "
-                              f"of a class's candidates): "
+                              f"samples asked in some class (it passes as few as "
+                              f"{np.min(passed[short] / np.maximum(tried[short], 1)):.1%} of a class's candidates): "
                               f"lower the confidence threshold")
-        labels = np.arange(chunk) % num_classes
+        # a chunk asks only for the classes still short (a function of the chunks on disk: resumes draw the same)
+        labels = short[np.arange(chunk) % len(short)]
         images = generate(generator, labels, seed=_chunk_seed(seed, index))
         accepted = np.ones(chunk, bool)
         if keep is not None:
@@ -78,6 +81,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         _save_atomic(_chunk_path(parts, index), x=x, y=y, drawn=chunk)
         counts += np.bincount(y, minlength=num_classes)
         passed += np.bincount(labels[accepted], minlength=num_classes)
+        tried += np.bincount(labels, minlength=num_classes)
         drawn, drawn_now = drawn + chunk, drawn_now + chunk
         index += 1
         bar.update(int(counts.sum()))

@@ -24,23 +24,9 @@ def generator():
 
 def test_sampling_resumes_after_a_kill_without_duplicating_samples(generator, tmp_path, monkeypatch):
     whole = synthetic.write(generator, 40, str(tmp_path / "whole.npz"), seed=3, chunk=12, verbose=0)
-    calls = {"n": 0}
-    original = synthetic._save_atomic
-
-    def killed_after_two_chunks(path, **arrays):
-        if path.endswith(".tmp.npz") or "chunk_" not in path:
-            return original(path, **arrays)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(path, **arrays)
-
-    monkeypatch.setattr(synthetic, "_save_atomic", killed_after_two_chunks)
-    with pytest.raises(KeyboardInterrupt):
-        synthetic.write(generator, 40, str(tmp_path / "resumed.npz"), seed=3, chunk=12, verbose=0)
-    assert len(list((tmp_path / "resumed.npz.parts").glob("chunk_*.npz"))) == 2
-    monkeypatch.setattr(synthetic, "_save_atomic", original)
-    resumed = synthetic.write(generator, 40, str(tmp_path / "resumed.npz"), seed=3, chunk=12, verbose=0)
+    resumed = _killed_after_two_chunks_then_resumed(
+        monkeypatch, lambda: synthetic.write(generator, 40, str(tmp_path / "resumed.npz"), seed=3, chunk=12,
+                                             verbose=0))
     a, b = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "resumed.npz")
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["y"], b["y"])
@@ -49,6 +35,25 @@ def test_sampling_resumes_after_a_kill_without_duplicating_samples(generator, tm
     assert resumed["candidates_drawn"] == whole["candidates_drawn"] == 48
     assert not (tmp_path / "resumed.npz.parts").exists()
     assert json.loads((tmp_path / "resumed.json").read_text())["per_class"] == 10
+
+
+def _killed_after_two_chunks_then_resumed(monkeypatch, write):
+    """write() killed (KeyboardInterrupt) as it saves its third chunk, then run again: its result."""
+    calls, original = {"n": 0}, synthetic._save_atomic
+
+    def killed_at_the_third_chunk(path, **arrays):
+        if "chunk_" in path and not path.endswith(".tmp.npz"):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+        return original(path, **arrays)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(synthetic, "_save_atomic", killed_at_the_third_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    assert calls["n"] == 3
+    return write()
 
 
 def test_the_filter_keeps_only_confident_samples(generator, tmp_path):
@@ -78,6 +83,35 @@ def test_a_filter_that_cannot_fill_a_class_is_refused_after_a_few_chunks(generat
     with pytest.raises(synthetic.SampleError, match="passes as few as 0.0% of a class's candidates"):
         synthetic.write(generator, 40, str(tmp_path / "f.npz"), chunk=400, keep=only_0, verbose=0, max_chunks=20)
     assert len(list((tmp_path / "f.npz.parts").glob("chunk_*.npz"))) == 3  # not the 20 it was allowed
+
+
+def test_once_a_class_is_full_the_filter_draws_only_the_classes_still_short(generator, tmp_path, monkeypatch):
+    # fake samples that carry their label in one pixel; the judge reads it, and passes a class-3 sample only
+    # when another pixel is >= 0.8 (a fifth of them): classes 0-2 fill in the first chunks, class 3 lags
+    def labelled_noise(_, labels, seed):
+        images = np.random.default_rng(seed).uniform(size=(len(labels), 16, 16, 1)).astype(np.float32)
+        images[:, 0, 0, 0] = labels / 4 + 0.01
+        return images
+
+    class Judge:
+        def predict(self, images, verbose=0):
+            label = np.round((images[:, 0, 0, 0] - 0.01) * 4).astype(int)
+            label[(label == 3) & (images[:, 1, 1, 0] < 0.8)] = 0
+            return 5.0 * np.eye(4, dtype=np.float32)[label]
+
+    monkeypatch.setattr(synthetic, "generate", labelled_noise)
+    meta = synthetic.write(generator, 40, str(tmp_path / "f.npz"), seed=0, chunk=20, keep=Judge(), verbose=0)
+    f = np.load(tmp_path / "f.npz")
+    assert np.bincount(f["y"]).tolist() == [10] * 4
+    assert (f["x"][f["y"] == 3][:, 1, 1, 0] >= 0.8 * 255 - 1).all()  # only class-3 samples the judge passed
+    # 10 class-3 samples at a pass rate of 1/5 take about 50 class-3 candidates: about 80 candidates in all
+    # when full classes are no longer drawn, about 200 when every chunk draws all four classes alike
+    assert meta["candidates_drawn"] <= 120
+    # which classes a chunk asks for comes from the chunks on disk: a killed sampling resumes to the same set
+    resumed = _killed_after_two_chunks_then_resumed(monkeypatch, lambda: synthetic.write(
+        generator, 40, str(tmp_path / "r.npz"), seed=0, chunk=20, keep=Judge(), verbose=0))
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npz")["x"], f["x"])
+    assert resumed["candidates_drawn"] == meta["candidates_drawn"]
 
 
 def generate_flat(generator, n):

@@ -290,8 +290,8 @@ def cotrain_budget(entry, dataset):
 
 
 def sample_set(gan, state, out, n, seed, save_state, threshold=None):
-    """The study's set of n samples of a GAN run's generator: its path, its sampling seconds and
-    the share of the drawn samples it kept (made once, timed, resumable: an interrupted sampling
+    """The study's set of n samples of a GAN run's generator: its path, its sampling seconds and,
+    filtered, the share of the drawn samples it kept (made once, timed, resumable: an interrupted sampling
     keeps its chunks and its seconds so far, saved with `save_state`). With a threshold, drawn
     until n are kept of the samples whose class is the top class of the GAN run's own classifier
     (trained on the same real images: no other data leaks in), with at least that confidence."""
@@ -324,6 +324,8 @@ def sample_set(gan, state, out, n, seed, save_state, threshold=None):
                 record()
         state[key] = state.pop(so_far)
         save_state()
+    if threshold is None:
+        return path, state[key], None
     with open(synthetic.metadata_path(path)) as f:
         return path, state[key], json.load(f)["kept_fraction"]
 
@@ -423,14 +425,15 @@ def main(argv=None):
         gan = data_source(name)
         budget = 60 * args.budget_minutes
         if gan:  # the generator's training and the sampling count in the budget (unless --no-count-generator)
-            keep = variant.pop("filter", False)
+            is_filtered = variant.pop("filter", False)
             try:
                 variant["synthetic"], entry["sampling_seconds"], kept = sample_set(
-                    gan, state, out, args.synthetic_n, args.seed, save_state, args.filter_threshold if keep else None)
+                    gan, state, out, args.synthetic_n, args.seed, save_state,
+                    args.filter_threshold if is_filtered else None)
             except synthetic.SampleError as e:  # a filter that keeps too little: its chunks and time are kept
                 print(f"error: {name}: {e}", file=sys.stderr)
                 return 1
-            if keep:
+            if is_filtered:
                 entry["kept_fraction"] = kept
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             if counts_generator(name, args.count_generator):

@@ -1,10 +1,11 @@
 """A generated training set on disk: a frozen generator's samples, made once and reused.
 
 The set is class-balanced and in the `--data-dir` format (`x` uint8 NHWC, `y` uint8). It is
-written in chunks beside the output file (`<out>.parts/`), each chunk drawn from (seed, chunk
-index) for the classes the chunks before it left short, so an interrupted run resumes where it
-stopped and makes exactly the samples an uninterrupted one would have. An optional filter keeps only the samples that a classifier
-assigns to their asked class (its top class), with confidence >= a threshold (Wang et al. 2023).
+written in chunks beside the output file (`<out>.parts/`). Each chunk asks only for the classes
+the chunks before it left short, with noise from (seed, chunk index): an interrupted run resumes
+where it stopped and makes exactly the samples an uninterrupted one would have. An optional
+filter keeps only the samples that a classifier assigns to their asked class (its top class),
+with confidence >= a threshold (Wang et al. 2023).
 """
 
 import json
@@ -62,8 +63,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         chunks_left = np.sum((per_class - counts[short]) / rates) / chunk
         if index >= max_chunks or (drawn_now >= 3 * chunk and index + chunks_left > max_chunks):
             raise SampleError(f"after {drawn} candidates the filter kept only {counts.min()} of the {per_class} "
-                              f"samples asked in some class (it passes as few as "
-                              f"{np.min(passed[short] / np.maximum(tried[short], 1)):.1%} of a class's candidates): "
+                              f"samples asked in some class{_lowest_rate(passed[short], tried[short])}: "
                               f"lower the confidence threshold")
         # a chunk asks only for the classes still short (a function of the chunks on disk: resumes draw the same)
         labels = short[np.arange(chunk) % len(short)]
@@ -89,6 +89,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
     _save_atomic(out if out.endswith(".npz") else out + ".npz", x=x, y=y)
     metadata = {**(describe or {}), "n": n, "per_class": per_class, "seed": seed, "chunk": chunk,
                 "threshold": threshold if keep is not None else None, "candidates_drawn": drawn,
+                "chunks_ask_for": "the classes still short",  # since a85a712; before, every class alike
                 "kept_fraction": round(n / drawn, 4), "image_shape": list(x.shape[1:]),
                 "seconds_this_session": round(time.time() - started, 1)}
     with open(metadata_path(out) + ".tmp", "w") as f:
@@ -96,6 +97,14 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
     os.replace(metadata_path(out) + ".tmp", metadata_path(out))
     shutil.rmtree(parts)
     return metadata
+
+
+def _lowest_rate(passed, tried):
+    """' (it passes as few as r% of a class's candidates)' over the classes drawn this session, or ''."""
+    drawn = tried > 0
+    if not drawn.any():
+        return ""
+    return f" (it passes as few as {np.min(passed[drawn] / tried[drawn]):.1%} of a class's candidates)"
 
 
 def metadata_path(out):

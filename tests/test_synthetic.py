@@ -88,7 +88,10 @@ def test_a_filter_that_cannot_fill_a_class_is_refused_after_a_few_chunks(generat
 def test_once_a_class_is_full_the_filter_draws_only_the_classes_still_short(generator, tmp_path, monkeypatch):
     # fake samples that carry their label in one pixel; the judge reads it, and passes a class-3 sample only
     # when another pixel is >= 0.8 (a fifth of them): classes 0-2 fill in the first chunks, class 3 lags
+    asked = []
+
     def labelled_noise(_, labels, seed):
+        asked.append(np.bincount(labels, minlength=4))
         images = np.random.default_rng(seed).uniform(size=(len(labels), 16, 16, 1)).astype(np.float32)
         images[:, 0, 0, 0] = labels / 4 + 0.01
         return images
@@ -104,9 +107,9 @@ def test_once_a_class_is_full_the_filter_draws_only_the_classes_still_short(gene
     f = np.load(tmp_path / "f.npz")
     assert np.bincount(f["y"]).tolist() == [10] * 4
     assert (f["x"][f["y"] == 3][:, 1, 1, 0] >= 0.8 * 255 - 1).all()  # only class-3 samples the judge passed
-    # 10 class-3 samples at a pass rate of 1/5 take about 50 class-3 candidates: about 80 candidates in all
-    # when full classes are no longer drawn, about 200 when every chunk draws all four classes alike
-    assert meta["candidates_drawn"] <= 120
+    # two chunks of 5 a class fill classes 0-2; from then on a chunk asks for class 3 alone
+    assert [a.tolist() for a in asked[:2]] == [[5, 5, 5, 5]] * 2
+    assert all(a.tolist() == [0, 0, 0, 20] for a in asked[2:]) and meta["candidates_drawn"] == 20 * len(asked)
     # which classes a chunk asks for comes from the chunks on disk: a killed sampling resumes to the same set
     resumed = _killed_after_two_chunks_then_resumed(monkeypatch, lambda: synthetic.write(
         generator, 40, str(tmp_path / "r.npz"), seed=0, chunk=20, keep=Judge(), verbose=0))

@@ -45,10 +45,8 @@ VARIANTS = {  # name: settings over the dataset's defaults; "{robgan}" is the st
     "cgan-de": {"method": "cgan", **DATA_EFFICIENT_GAN},  # trained for as long as robgan-de's co-training
     # a baseline on real images plus a set sampled once from a study GAN's generator ("{robgan}", "{cgan}", ...):
     # all its samples, or ("filter") those its GAN run's own classifier puts in their class (--filter-threshold)
-    **{f"{base}+{gan}-data": {"method": base, "synthetic": "{" + gan + "}"}
-       for base in ("pgd-at", "trades") for gan in GENERATORS},
-    **{f"{base}+{gan}-filtered-data": {"method": base, "synthetic": "{" + gan + "}", "filter": True}
-       for base in ("pgd-at", "trades") for gan in GENERATORS},
+    **{f"{base}+{gan}-{kind}data": {"method": base, "synthetic": "{" + gan + "}", **({"filter": True} if kind else {})}
+       for base in ("pgd-at", "trades") for gan in GENERATORS for kind in ("", "filtered-")},
 }
 # each GAN again, trained on GENERATOR_SHARE of the budget (Rob-GAN's co-training only: fine-tuning makes no
 # generator) so that its data rows fit the budget with their generator (equal total time, whatever --count-generator)
@@ -425,15 +423,15 @@ def main(argv=None):
         gan = data_source(name)
         budget = 60 * args.budget_minutes
         if gan:  # the generator's training and the sampling count in the budget (unless --no-count-generator)
-            is_filtered = variant.pop("filter", False)
+            variant.pop("filter", None)  # not a training setting: filtered(name) answers it
             try:
                 variant["synthetic"], entry["sampling_seconds"], kept = sample_set(
                     gan, state, out, args.synthetic_n, args.seed, save_state,
-                    args.filter_threshold if is_filtered else None)
+                    args.filter_threshold if filtered(name) else None)
             except synthetic.SampleError as e:  # a filter that keeps too little: its chunks and time are kept
                 print(f"error: {name}: {e}", file=sys.stderr)
                 return 1
-            if is_filtered:
+            if filtered(name):
                 entry["kept_fraction"] = kept
             entry["generator_seconds"] = generator_seconds(gan, state, out)
             if counts_generator(name, args.count_generator):

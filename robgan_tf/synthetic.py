@@ -54,14 +54,14 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         index += 1
     bar = keras.utils.Progbar(n, verbose=verbose, unit_name="sample")
     bar.update(int(counts.sum()))
-    started, drawn_now = time.time(), 0
+    started = time.time()
     passed, tried = np.zeros(num_classes), np.zeros(num_classes)  # this session's filter counts, per class
     while counts.min() < per_class:
         # a filter that cannot fill a class within max_chunks is refused as soon as a few chunks show it
         short = np.flatnonzero(counts < per_class)
         rates = (passed[short] + 1) / (tried[short] + 2)  # smoothed: no pass yet is not a rate of 0
         chunks_left = np.sum((per_class - counts[short]) / rates) / chunk
-        if index >= max_chunks or (drawn_now >= 3 * chunk and index + chunks_left > max_chunks):
+        if index >= max_chunks or (tried.sum() >= 3 * chunk and index + chunks_left > max_chunks):
             raise SampleError(f"after {drawn} candidates the filter kept only {counts.min()} of the {per_class} "
                               f"samples asked in some class{_lowest_rate(passed[short], tried[short])}: "
                               f"lower the confidence threshold")
@@ -82,7 +82,7 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
         counts += np.bincount(y, minlength=num_classes)
         passed += np.bincount(labels[accepted], minlength=num_classes)
         tried += np.bincount(labels, minlength=num_classes)
-        drawn, drawn_now = drawn + chunk, drawn_now + chunk
+        drawn += chunk
         index += 1
         bar.update(int(counts.sum()))
     x, y = _join(parts, index)
@@ -101,10 +101,10 @@ def write(generator, n, out, seed=0, chunk=1000, keep=None, threshold=0.0, descr
 
 def _lowest_rate(passed, tried):
     """' (it passes as few as r% of a class's candidates)' over the classes drawn this session, or ''."""
-    drawn = tried > 0
-    if not drawn.any():
+    seen = tried > 0
+    if not seen.any():
         return ""
-    return f" (it passes as few as {np.min(passed[drawn] / tried[drawn]):.1%} of a class's candidates)"
+    return f" (it passes as few as {np.min(passed[seen] / tried[seen]):.1%} of a class's candidates)"
 
 
 def metadata_path(out):

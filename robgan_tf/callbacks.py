@@ -157,38 +157,43 @@ class ValidationCheck(keras.callbacks.Callback):
 
 
 class OverfitGuard(keras.callbacks.Callback):
-    """FGSM-RS's guard against catastrophic overfitting (Wong et al. 2020): every `every` steps
-    once the eps warm-up is over, PGD-10 accuracy at the target eps on a held-out training batch;
-    when it falls below half its best (after reaching 20%), training stops, the classifier's
-    weights of the last check come back and `record(fired)` keeps the event (e.g. on disk)."""
+    """The catastrophic-overfitting guard of Wong et al. 2020: at the start of training and at
+    each epoch end, PGD-10 accuracy at the target eps on a held-out training batch; when it falls
+    by more than `drop` from the previous check, training stops, the classifier (and its weight
+    average) gets the previous check's weights back, and `record(fired)` keeps the event (e.g. on
+    disk). Checking at the start makes a resumed run compare its first epoch with where it resumed."""
 
-    def __init__(self, x, y, eps, seed=0, every=50, record=None):
+    def __init__(self, x, y, eps, seed=0, drop=0.2, record=None):
         super().__init__()
-        self.record, self.x, self.y, self.eps, self.every, self.seed = record, x, y, eps, every, seed
-        self.best, self.good_weights, self.fired, self.check = 0.0, None, None, None
-        self.steps = 0
+        self.record, self.x, self.y, self.eps, self.seed, self.drop = record, x, y, eps, seed, drop
+        self.previous = self.good_weights = self.fired = self.check = None
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps % self.every:
-            return
-        if float(self.model.current_eps(self.model.steps_done - 1)) < self.eps:
-            return
-        weights = self.model.classifier.get_weights()
+    def _weights(self):
+        average = self.model.average
+        return self.model.classifier.get_weights(), [a.numpy() for a in average.averages] if average else []
+
+    def _restore(self, weights):
+        classifier_weights, average_weights = weights
+        self.model.classifier.set_weights(classifier_weights)
+        for variable, value in zip(self.model.average.averages if self.model.average else [], average_weights):
+            variable.assign(value)
+
+    def on_train_begin(self, logs=None):
         if self.check is None:
             self.check = _RobustAccuracy(self.model.classifier, self.x, self.y, self.eps, self.seed)
+        self.previous, self.good_weights = self.check()[1], self._weights()
+
+    def on_epoch_end(self, epoch, logs=None):
         robust = self.check()[1]
-        if self.best >= 0.2 and robust < 0.5 * self.best:
-            self.fired = {"step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
-                          "best": float(self.best)}
+        if robust < self.previous - self.drop:
+            self.fired = {"epoch": epoch + 1, "step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
+                          "previous": float(self.previous)}
             print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
-                  f"{self.best:.2f} to {robust:.2f} at step {self.fired['step']}; stopping and restoring the "
-                  f"weights of the last check")
-            if self.good_weights is not None:
-                self.model.classifier.set_weights(self.good_weights)
+                  f"{self.previous:.2f} to {robust:.2f} in epoch {epoch + 1}; stopping with the weights of "
+                  f"the check before")
+            self._restore(self.good_weights)
             if self.record is not None:
                 self.record(self.fired)
             self.model.stop_training = True
             return
-        self.best = max(self.best, robust)
-        self.good_weights = weights
+        self.previous, self.good_weights = robust, self._weights()

@@ -26,7 +26,8 @@ class StageRunner:
     def run(self, model, train_data, stage, epochs, epoch_offset, quality, extra_callbacks=()):
         """Trains `model` (a compiled train-step model) on `train_data` up to `epochs` epochs of
         this stage; `quality(generator)` scores G at each epoch end when given. An epoch's row and
-        grid are written before its checkpoint, so a kill between them redoes the epoch's report."""
+        grid are written before its checkpoint, so a kill between them redoes the epoch's report; the
+        stage's own callbacks (e.g. a guard that restores earlier weights) run before both."""
         guard = NonFiniteGuard([k for k in LOSSES if k in model.metric_names], self.out_dir)
         report = EpochReport(self.out_dir, stage, epoch_offset, self.sampler, quality, self.class_names,
                              self.columns, self.score_every, epochs)
@@ -39,7 +40,7 @@ class StageRunner:
                                   batch_offset=skip)
             report.resumed_at = skip  # its row covers the batches from `skip` on: say so
             distribute.fit(self.strategy, model, train_data.epochs(first, last, skip), first, last, steps - skip,
-                           [*validate, guard, report, ckpt, board, *extra_callbacks], self.verbose)
+                           [*validate, guard, *extra_callbacks, report, ckpt, board], self.verbose)
 
         epoch, done = int(self.progress.epoch.numpy()), int(self.progress.batch.numpy())
         if done and epoch < epochs:

@@ -188,8 +188,10 @@ METHODS = {m.name: m for m in (
                       "pgd_step_size": "its one step is 1.25 x eps"},
               callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
     _baseline("n-fgsm", "N-FGSM (de Jorge et al. 2022): one step of eps from noise uniform in ±2 eps, not projected "
-                        "back to the eps-ball", NoiseFGSM, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=c.eps),
-              unused={**_NOT_TRADES, "pgd_steps": "its one step is eps", "pgd_step_size": "its one step is eps"}),
+                        "back to the eps-ball; catastrophic-overfitting guard on a held-out batch", NoiseFGSM,
+              fixed=lambda c: dict(pgd_steps=1, pgd_step_size=c.eps),
+              unused={**_NOT_TRADES, "pgd_steps": "its one step is eps", "pgd_step_size": "its one step is eps"},
+              callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
     _baseline("trades", "TRADES (Zhang et al. 2019): CE on clean images + beta KL to the attacked ones", TRADES,
               extra={"beta": lambda c: c.beta}),
 )}

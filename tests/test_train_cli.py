@@ -13,7 +13,7 @@ from conftest import TINY_TRAIN_ARGS
 
 def run(data_dir, out, *extra):
     args = TINY_TRAIN_ARGS
-    if "fgsm-rs" in extra:  # its attack is one step by definition; --pgd-steps is refused
+    if "fgsm-rs" in extra or "n-fgsm" in extra:  # their attack is one step by definition; --pgd-steps is refused
         i = args.index("--pgd-steps")
         args = args[:i] + args[i + 2:]
     return train.main(args + ["--data-dir", str(data_dir), "--out", str(out), *extra])
@@ -393,14 +393,28 @@ def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, metho
     assert not [v.path for v in classifier.weights if v.path.endswith("vector_u")]
 
 
+class FiringGuard(methods.OverfitGuard):
+    """Catastrophic overfitting forced at the first epoch end: the "previous epoch's weights" it
+    restores are zeros, so the kept classifier shows whether they are what the run saved."""
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        for v in self.model.classifier.weights:
+            v.assign(np.zeros(v.shape, v.dtype))
+        self.fired = {"epoch": epoch + 1, "pgd10_accuracy": 0.0, "previous": 0.5}
+        self.record(self.fired)
+        self.model.stop_training = True
+
+
+def _zeros(path):
+    import keras
+    return all(not np.any(w) for w in keras.saving.load_model(path).get_weights())
+
+
 def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_metrics(tiny_data_dir, tmp_path,
                                                                                      monkeypatch):
-    class FiringGuard(methods.OverfitGuard):  # catastrophic overfitting, forced at the first step
-        def on_train_batch_end(self, batch, logs=None):
-            self.fired = {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5}
-            self.record(self.fired)
-            self.model.stop_training = True
-
     monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
     real_metrics = trainer.final_metrics
 
@@ -413,8 +427,29 @@ def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_me
     monkeypatch.setattr(trainer, "final_metrics", real_metrics)
     assert run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "2") == 0
     metrics = json.loads((out / rundir.METRICS_JSON).read_text())
-    assert metrics["early_stop"] == {"step": 1, "pgd10_accuracy": 0.0, "best": 0.5, "stage": "train"}
-    assert len((out / rundir.METRICS_CSV).read_text().splitlines()) == 2  # one epoch, stopped at its first step
+    assert metrics["early_stop"] == {"epoch": 1, "pgd10_accuracy": 0.0, "previous": 0.5, "stage": "train"}
+    assert len((out / rundir.METRICS_CSV).read_text().splitlines()) == 2  # one epoch, then the stop
+    assert _zeros(out / rundir.CLASSIFIER)
+
+
+def test_n_fgsm_guard_runs_before_the_epoch_end_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+    # killed just after the first epoch-end checkpoint: that checkpoint must already hold the guard's verdict
+    monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
+    original = StepCheckpoint.on_epoch_end
+
+    def killed_after_the_epoch_end_checkpoint(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StepCheckpoint, "on_epoch_end", killed_after_the_epoch_end_checkpoint)
+    out = tmp_path / "nfgsm"
+    assert run(tiny_data_dir, out, "--method", "n-fgsm", "--epochs", "3") == 130
+    monkeypatch.setattr(StepCheckpoint, "on_epoch_end", original)
+    assert run(tiny_data_dir, out, "--method", "n-fgsm", "--epochs", "3") == 0
+    metrics = json.loads((out / rundir.METRICS_JSON).read_text())
+    assert metrics["early_stop"]["epoch"] == 1, "the resumed run neither trains on nor misses the collapse"
+    assert len((out / rundir.METRICS_CSV).read_text().splitlines()) == 2
+    assert _zeros(out / rundir.CLASSIFIER)
 
 
 def test_generated_data_mixing_needs_and_uses_a_generator(tiny_data_dir, tmp_path, capsys):

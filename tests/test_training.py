@@ -142,36 +142,62 @@ def test_generated_images_replace_the_asked_fraction_of_the_batch(tiny_dataset):
     np.testing.assert_allclose(mixed_x[12:], g([z, labels], training=False), atol=1e-6)
 
 
-def test_fgsm_rs_guard_stops_and_restores_weights_on_catastrophic_overfitting(tiny_dataset, trained_classifier):
-    classifier = keras.models.clone_model(trained_classifier)
-    classifier.set_weights(trained_classifier.get_weights())
-    model = AdversarialTraining(classifier, eps=0.05, pgd_steps=1, pgd_step_size=0.0625)
-    guard = OverfitGuard(tiny_dataset.x_train[:64], tiny_dataset.y_train[:64], eps=0.05, every=1)
-    guard.set_model(model)
+def _guarded(classifier, x, y, average=None):
+    model = AdversarialTraining(classifier, eps=0.05, pgd_steps=1, pgd_step_size=0.0625, average=average)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.c_optimizer.build(classifier.trainable_variables)
-    good = _weights(classifier)
-    guard.on_train_batch_end(0, {"eps": 0.05})  # robust at this eps: the best so far
-    assert guard.best >= 0.9 and guard.fired is None and not model.stop_training
-    for v in classifier.trainable_variables:  # the collapse: a classifier robust to nothing
-        v.assign(tf.random.normal(v.shape, stddev=0.01))
-    guard.on_train_batch_end(1, {"eps": 0.05})
-    assert guard.fired and guard.fired["pgd10_accuracy"] < 0.5 and model.stop_training
-    assert guard.fired["step"] == int(model.c_optimizer.iterations)  # the run's step, not this session's
-    assert not any(_changed(good, classifier)), "the last good weights come back"
-
-
-def test_fgsm_rs_guard_attacks_a_float16_classifier_in_float32(tiny_dataset, float16_classifier):
-    model = AdversarialTraining(float16_classifier, eps=0.05, pgd_steps=1, pgd_step_size=0.0625)
-    guard = OverfitGuard(tiny_dataset.x_train[:32], tiny_dataset.y_train[:32], eps=0.05, every=1)
+    guard = OverfitGuard(x, y, eps=0.05)
     guard.set_model(model)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.c_optimizer.build(float16_classifier.trainable_variables)
-    guard.on_train_batch_end(0, {"eps": 0.05})
+    return model, guard
+
+
+def test_overfit_guard_stops_and_restores_the_previous_epochs_weights(tiny_dataset, trained_classifier):
+    classifier = keras.models.clone_model(trained_classifier)
+    classifier.set_weights(trained_classifier.get_weights())
+    model, guard = _guarded(classifier, tiny_dataset.x_train[:64], tiny_dataset.y_train[:64])
+    guard.on_train_begin()
+    assert guard.previous >= 0.9  # robust at this small eps
+    for v in classifier.trainable_variables:  # epoch 1 moves the weights a little
+        v.assign(v * 1.001)
+    epoch_1 = _weights(classifier)
+    guard.on_epoch_end(0)
+    assert guard.fired is None and not model.stop_training
+    for v in classifier.trainable_variables:  # epoch 2: the collapse, a classifier robust to nothing
+        v.assign(tf.random.normal(v.shape, stddev=0.01))
+    guard.on_epoch_end(1)
+    assert guard.fired["epoch"] == 2 and guard.fired["pgd10_accuracy"] < guard.fired["previous"] - 0.2
+    assert model.stop_training
+    assert not any(_changed(epoch_1, classifier)), "epoch 1's weights come back, not the start's"
+
+
+def test_overfit_guard_fires_on_a_drop_of_more_than_0_2_from_the_previous_epoch_only(tiny_dataset,
+                                                                                   trained_classifier):
+    from robgan_tf.averaging import WeightAverage
+    classifier = keras.models.clone_model(trained_classifier)
+    average = WeightAverage(classifier, 0.9)
+    model, guard = _guarded(classifier, tiny_dataset.x_train[:8], tiny_dataset.y_train[:8], average)
+    accuracies = iter([0.0, 0.9, 0.75, 0.6, 0.42, 0.2])  # the start, then epochs 1-5
+    guard.check = lambda: (1.0, next(accuracies))
+    guard.on_train_begin()
+    for epoch in range(4):  # rises, then falls by 0.15-0.18 an epoch (kept), to below half the best
+        for a in average.averages:
+            a.assign(tf.fill(a.shape, float(epoch)))
+        guard.on_epoch_end(epoch)
+        assert guard.fired is None and not model.stop_training
+    for a in average.averages:
+        a.assign(tf.fill(a.shape, 9.0))
+    guard.on_epoch_end(4)  # 0.42 -> 0.2: more than 0.2 below the previous epoch
+    assert guard.fired == {"epoch": 5, "step": 0, "pgd10_accuracy": 0.2, "previous": 0.42} and model.stop_training
+    assert all(np.all(a.numpy() == 3.0) for a in average.averages), "the average of epoch 4 comes back too"
+
+
+def test_overfit_guard_attacks_a_float16_classifier_in_float32(tiny_dataset, float16_classifier):
+    model, guard = _guarded(float16_classifier, tiny_dataset.x_train[:32], tiny_dataset.y_train[:32])
+    guard.on_train_begin()
     assert guard.check.attacked.dtype_policy.compute_dtype == "float32"
     for v in float16_classifier.trainable_variables:
         v.assign(v * 0.5)
-    guard.on_train_batch_end(1, {"eps": 0.05})  # each check attacks the classifier's current weights
+    guard.on_epoch_end(0)  # each check attacks the classifier's current weights
     for a, b in zip(guard.check.attacked.get_weights(), float16_classifier.get_weights()):
         np.testing.assert_array_equal(a, b)
 

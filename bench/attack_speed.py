@@ -36,6 +36,8 @@ function (or keras) alone saves 2-4 minutes, --parts apgd-ce pgd about 5.
 It prints a table (method | ours s | theirs s | ratio | ours acc | theirs acc) and the limit lines,
 checks issue 17's acceptance, and writes JSON (and with --markdown a BENCHMARKS.md section) with the
 machine (lscpu), the versions and the command. --smoke: 64 images and cut budgets, to check it works.
+--profile: also profiles one ART APGD-CE run (function model) to show where its time goes: in the
+estimator calls that run the model, and in ART's own Python and numpy.
 Run it on an otherwise idle machine: other processes make every number slower and noisier (the
 JSON records the load average before and after).
 """
@@ -247,11 +249,10 @@ def art_autoattack(classifier, eps, steps, queries, p_init, batch):
                       attacks=[art_apgd(classifier, eps, steps, batch), square], batch_size=batch, targeted=False)
 
 
-def run_art(attack, model_fn, x, y, warm, seed, sizes, warm_iterations=5):
-    """Warm-up on the first `sizes` of the rows `warm` (examples classified correctly, so that
-    every part runs) with `warm_iterations` (ART's loops are Python: the number of iterations
-    changes nothing compiled), then the timed run on all of x. Returns (x_adv, Clock, traces while
-    timed)."""
+def warm_art(attack, x, y, warm, seed, sizes, warm_iterations=5):
+    """Runs `attack` (and each part of a composition) on the first `sizes` of the rows `warm`
+    (examples classified correctly, so that every part runs) with `warm_iterations` (ART's loops
+    are Python: the number of iterations changes nothing compiled)."""
     restore = {}
     for sub in getattr(attack, "attacks", [attack]):
         restore[sub] = sub.max_iter
@@ -262,11 +263,42 @@ def run_art(attack, model_fn, x, y, warm, seed, sizes, warm_iterations=5):
             part.generate(x[warm[:size]], y[warm[:size]])
     for sub, iterations in restore.items():
         sub.set_params(max_iter=iterations)
+
+
+def run_art(attack, model_fn, x, y, warm, seed, sizes):
+    """The warm-up (warm_art), then the timed run on all of x. Returns (x_adv, Clock, traces while
+    timed)."""
+    warm_art(attack, x, y, warm, seed, sizes)
     np.random.seed(seed)
     before = their_traces(model_fn, attack)
     with Clock() as clock:
         x_adv = attack.generate(x.copy(), y)
     return x_adv, clock, their_traces(model_fn, attack) - before
+
+
+MODEL_CALLS = ("predict", "loss_gradient", "compute_loss", "class_gradient")  # ART estimator methods that run the model
+
+
+def profile_art(attack, x, y, seed):
+    """cProfile of one (already warmed-up) ART run of `attack` on x: its wall seconds, and the
+    seconds and calls of each estimator method that runs the model, as called by ART's attack code
+    (so nested calls are not counted twice). The rest is ART's own Python and numpy. cProfile slows
+    Python-heavy code, so the rest is an upper bound."""
+    import cProfile
+    import pstats
+    np.random.seed(seed)
+    profiler = cProfile.Profile()
+    with Clock() as clock:
+        profiler.runcall(attack.generate, x.copy(), y)
+    model = {}
+    for (path, _, name), (_, _, _, _, callers) in pstats.Stats(profiler).stats.items():
+        if name in MODEL_CALLS and os.path.join("art", "estimators") in path:
+            direct = [v for (caller, _, _), v in callers.items() if os.path.join("art", "attacks") in caller]
+            if direct:
+                model[name] = {"calls": sum(v[1] for v in direct), "seconds": round(sum(v[3] for v in direct), 2)}
+    in_model = sum(m["seconds"] for m in model.values())
+    return {"seconds": round(clock.wall, 2), "model_calls": model,
+            "rest_seconds": round(clock.wall - in_model, 2)}
 
 
 def run_foolbox(model_fn, x, y, eps, steps, step, batches, warm, seed, sizes):
@@ -325,6 +357,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="output (default bench/results/attack_speed-DATASET.json; --smoke: a temp file)")
     p.add_argument("--markdown", help="also write a BENCHMARKS.md section to this file")
+    p.add_argument("--profile", action="store_true", help="also profile ART's APGD-CE (function model, cProfile): "
+                                                          "where its time goes")
     p.add_argument("--smoke", action="store_true", help="a quick check that everything runs: 64 images, cut "
                                                         "budgets; its numbers mean nothing")
     args = p.parse_args(argv)
@@ -432,6 +466,13 @@ def main(argv=None):
             x_adv, clock, retraced = run_art(attack, model_fn, x, y, warm, args.seed, sizes)
             add_row("apgd-ce", "ART AutoProjectedGradientDescent", ours_apgd,
                     measure_theirs(f"ART apgd-ce ({kind} model)", x_adv, clock, retraced), kind)
+        if args.profile:
+            attack = art_apgd(art_classifier(their_model(model, "function"), x, num_classes), eps, args.apgd_steps,
+                              args.batch)
+            warm_art(attack, x, y, warm, args.seed, sizes)
+            result["art_profile"] = {"attack": "apgd-ce", "their_model": "function",
+                                     "pass_seconds": limits.get("pass_seconds"),
+                                     **profile_art(attack, x, y, args.seed)}
 
     if "pgd" in args.parts:
         print(f"PGD-{args.pgd_steps}", flush=True)
@@ -535,6 +576,12 @@ def report(result):
         elif key == "apgd-ce vs limit":
             lines.append(f"acceptance apgd-ce vs limit: {value['ours_over_limit']:.3f} (<= {ACCEPT_LIMIT:g}: "
                          f"{'yes' if value['ok'] else 'NO'})")
+    profile = result.get("art_profile")
+    if profile:
+        calls = "; ".join(f"{name} {m['calls']} calls, {m['seconds']:.1f} s" for name, m in profile["model_calls"].items())
+        lines.append(f"profile of ART's {profile['attack']} ({profile['their_model']} model, cProfile): "
+                     f"{profile['seconds']:.1f} s; running the model: {calls}; ART's own Python and numpy: "
+                     f"{profile['rest_seconds']:.1f} s")
     if result["smoke"]:
         lines.append("SMOKE RUN: budgets cut, the numbers above check only that everything runs")
     lines += [f"note: {note}" for note in result["notes"]]

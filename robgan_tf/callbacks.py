@@ -159,41 +159,50 @@ class ValidationCheck(keras.callbacks.Callback):
 class OverfitGuard(keras.callbacks.Callback):
     """The catastrophic-overfitting guard of Wong et al. 2020: at the start of training and at
     each epoch end, PGD-10 accuracy at the target eps on a held-out training batch; when it falls
-    by more than `drop` from the previous check, training stops, the classifier (and its weight
-    average) gets the previous check's weights back, and `record(fired)` keeps the event (e.g. on
-    disk). Checking at the start makes a resumed run compare its first epoch with where it resumed."""
+    by more than `drop` from the previous check, training stops and the classifier (and its weight
+    average) gets the previous check's weights back. `record(fired)` keeps the event (e.g. on disk)
+    at the end of training, after the epoch's checkpoint has saved the restored weights. The
+    first check of a process is where it starts or resumes; `fired["epoch"]` counts the stage's
+    epochs."""
 
     def __init__(self, x, y, eps, seed=0, drop=0.2, record=None):
         super().__init__()
         self.record, self.x, self.y, self.eps, self.seed, self.drop = record, x, y, eps, seed, drop
         self.previous = self.good_weights = self.fired = self.check = None
 
-    def _weights(self):
+    def _averages(self):
         average = self.model.average
-        return self.model.classifier.get_weights(), [a.numpy() for a in average.averages] if average else []
+        return average.averages if average is not None else []
+
+    def _weights(self):
+        return self.model.classifier.get_weights(), [a.numpy() for a in self._averages()]
 
     def _restore(self, weights):
         classifier_weights, average_weights = weights
         self.model.classifier.set_weights(classifier_weights)
-        for variable, value in zip(self.model.average.averages if self.model.average else [], average_weights):
+        for variable, value in zip(self._averages(), average_weights):
             variable.assign(value)
 
     def on_train_begin(self, logs=None):
+        if self.previous is not None:  # a resumed epoch's second fit in the same process
+            return
         if self.check is None:
             self.check = _RobustAccuracy(self.model.classifier, self.x, self.y, self.eps, self.seed)
         self.previous, self.good_weights = self.check()[1], self._weights()
 
     def on_epoch_end(self, epoch, logs=None):
         robust = self.check()[1]
-        if robust < self.previous - self.drop:
-            self.fired = {"epoch": epoch + 1, "step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
-                          "previous": float(self.previous)}
-            print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
-                  f"{self.previous:.2f} to {robust:.2f} in epoch {epoch + 1}; stopping with the weights of "
-                  f"the check before")
-            self._restore(self.good_weights)
-            if self.record is not None:
-                self.record(self.fired)
-            self.model.stop_training = True
+        if robust >= self.previous - self.drop:
+            self.previous, self.good_weights = robust, self._weights()
             return
-        self.previous, self.good_weights = robust, self._weights()
+        self.fired = {"epoch": epoch + 1, "step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
+                      "previous": float(self.previous)}
+        print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
+              f"{self.previous:.2f} to {robust:.2f} in epoch {epoch + 1}; stopping with the weights of "
+              f"the check before")
+        self._restore(self.good_weights)
+        self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.fired is not None and self.record is not None:
+            self.record(self.fired)

@@ -2,8 +2,8 @@
 
 A run directory holds `config.json`, the `.keras` models, `samples/epoch_NNN.png`,
 `metrics.csv` (one row per epoch; columns: the method's, `Method.metric_columns`), `metrics.json`,
-TensorBoard `logs/`, the step-based training checkpoint `ckpt/`; when FGSM-RS's guard stopped it,
-`early_stop.json`; with a validation split, `best.json`, `classifier_best.keras`,
+TensorBoard `logs/`, the step-based training checkpoint `ckpt/`; when a fast method's overfitting
+guard stopped it, `early_stop.json`; with a validation split, `best.json`, `classifier_best.keras`,
 `classifier_last.keras` and `curves.png`.
 """
 
@@ -142,7 +142,7 @@ def read_metrics_json(out_dir):
 
 
 def write_early_stop(out_dir, fired):
-    """Records FGSM-RS's catastrophic-overfitting stop (step and accuracies) with the run."""
+    """Records a catastrophic-overfitting stop (epoch, step, accuracies, stage) with the run."""
     _write_json(os.path.join(out_dir, EARLY_STOP), fired)
 
 

@@ -394,17 +394,19 @@ def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, metho
 
 
 class FiringGuard(methods.OverfitGuard):
-    """Catastrophic overfitting forced at the first epoch end: the "previous epoch's weights" it
-    restores are zeros, so the kept classifier shows whether they are what the run saved."""
+    """Catastrophic overfitting forced at every epoch end: the "previous epoch's weights" it
+    restores are zeros, so the saved classifier and checkpoint show whether they are what the run
+    kept. `starts` records, at each start, whether the classifier began from those zeros."""
+
+    starts = []
 
     def on_train_begin(self, logs=None):
-        pass
+        self.starts.append(all(not np.any(w) for w in self.model.classifier.get_weights()))
 
     def on_epoch_end(self, epoch, logs=None):
         for v in self.model.classifier.weights:
             v.assign(np.zeros(v.shape, v.dtype))
         self.fired = {"epoch": epoch + 1, "pgd10_accuracy": 0.0, "previous": 0.5}
-        self.record(self.fired)
         self.model.stop_training = True
 
 
@@ -416,6 +418,7 @@ def _zeros(path):
 def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_metrics(tiny_data_dir, tmp_path,
                                                                                      monkeypatch):
     monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
+    monkeypatch.setattr(FiringGuard, "starts", [])
     real_metrics = trainer.final_metrics
 
     def crash(*_):
@@ -433,8 +436,10 @@ def test_fgsm_rs_early_stop_is_reported_and_survives_a_crash_before_the_final_me
 
 
 def test_n_fgsm_guard_runs_before_the_epoch_end_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
-    # killed just after the first epoch-end checkpoint: that checkpoint must already hold the guard's verdict
+    # killed just after the first epoch-end checkpoint, before the stop is recorded: the resumed run
+    # must start from the weights the guard restored, not from the collapsed ones
     monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
+    monkeypatch.setattr(FiringGuard, "starts", [])
     original = StepCheckpoint.on_epoch_end
 
     def killed_after_the_epoch_end_checkpoint(self, epoch, logs=None):
@@ -444,11 +449,11 @@ def test_n_fgsm_guard_runs_before_the_epoch_end_checkpoint(tiny_data_dir, tmp_pa
     monkeypatch.setattr(StepCheckpoint, "on_epoch_end", killed_after_the_epoch_end_checkpoint)
     out = tmp_path / "nfgsm"
     assert run(tiny_data_dir, out, "--method", "n-fgsm", "--epochs", "3") == 130
+    assert not (out / rundir.EARLY_STOP).exists()
     monkeypatch.setattr(StepCheckpoint, "on_epoch_end", original)
     assert run(tiny_data_dir, out, "--method", "n-fgsm", "--epochs", "3") == 0
-    metrics = json.loads((out / rundir.METRICS_JSON).read_text())
-    assert metrics["early_stop"]["epoch"] == 1, "the resumed run neither trains on nor misses the collapse"
-    assert len((out / rundir.METRICS_CSV).read_text().splitlines()) == 2
+    assert FiringGuard.starts == [False, True], "the resume starts from the restored weights"
+    assert json.loads((out / rundir.METRICS_JSON).read_text())["early_stop"]["epoch"] == 2
     assert _zeros(out / rundir.CLASSIFIER)
 
 

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from robgan_tf import data, models
+from robgan_tf.averaging import WeightAverage
 from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.schedules import CyclicLR
 from robgan_tf.gan_training import FineTuner, RobGAN
@@ -171,7 +172,6 @@ def test_overfit_guard_stops_and_restores_the_previous_epochs_weights(tiny_datas
 
 def test_overfit_guard_fires_on_a_drop_of_more_than_0_2_from_the_previous_epoch_only(tiny_dataset,
                                                                                    trained_classifier):
-    from robgan_tf.averaging import WeightAverage
     classifier = keras.models.clone_model(trained_classifier)
     average = WeightAverage(classifier, 0.9)
     model, guard = _guarded(classifier, tiny_dataset.x_train[:8], tiny_dataset.y_train[:8], average)
@@ -192,8 +192,8 @@ def test_overfit_guard_fires_on_a_drop_of_more_than_0_2_from_the_previous_epoch_
 
 def test_overfit_guard_records_at_train_end_and_checks_once_per_process(tiny_dataset, trained_classifier):
     recorded = []
-    model, guard = _guarded(keras.models.clone_model(trained_classifier), tiny_dataset.x_train[:8],
-                            tiny_dataset.y_train[:8])
+    _, guard = _guarded(keras.models.clone_model(trained_classifier), tiny_dataset.x_train[:8],
+                        tiny_dataset.y_train[:8])
     guard.record = recorded.append
     accuracies = iter([0.9, 0.1])
     guard.check = lambda: (1.0, next(accuracies))

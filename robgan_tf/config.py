@@ -99,6 +99,9 @@ class Config:
     generator: str | None = setting(None, "a frozen generator.keras (from a Rob-GAN run) for --gen-ratio")
     # TRADES
     beta: float = setting(6.0, "TRADES: weight of the KL term", NON_NEGATIVE)
+    # N-FGSM
+    nfgsm_noise: float = setting(2.0, "N-FGSM: its start noise is uniform in ±nfgsm_noise x eps (de Jorge et al. "
+                                      "2022: 2)", NON_NEGATIVE)
     # generated data from disk (sample.py), weight averaging, model selection
     synthetic: str | None = setting(None, "a .npz of generated images (sample.py) mixed into every batch of "
                                           "pgd-at, trades and Rob-GAN's fine-tuning")

@@ -71,7 +71,8 @@ def _robgan_optimizers(config, parts, steps):
                 ft_optimizer=adam(config, finetune_lr, parts.classifier.trainable_variables))
 
 
-_NOT_TRADES = {"beta": "it is TRADES' weight"}
+# settings that belong to one method: every other method refuses them when they are set
+_OWNED = {"beta": ("trades", "it is TRADES' weight"), "nfgsm_noise": ("n-fgsm", "it is N-FGSM's start noise")}
 
 
 def _robgan_check(config):
@@ -103,7 +104,6 @@ ROBGAN = Method(
                   generator="frozen", synthetic=True)),
     optimizers=_robgan_optimizers,
     trains_generator=True,
-    unused=_NOT_TRADES,
     check=_robgan_check,
 )
 
@@ -124,7 +124,7 @@ CGAN = Method(
     optimizers=_gan_optimizers,
     trains_generator=True,
     fixed=lambda config: dict(finetune_epochs=0),
-    unused={**_NOT_TRADES, **_NO_ATTACK, **_NO_FINETUNING},
+    unused={**_NO_ATTACK, **_NO_FINETUNING},
     check=_gan_check,
 )
 
@@ -180,21 +180,27 @@ def _overfit_guard(context):
 METHODS = {m.name: m for m in (
     ROBGAN,
     CGAN,
-    _baseline("pgd-at", "PGD adversarial training (Madry et al. 2018)", AdversarialTraining, unused=_NOT_TRADES),
+    _baseline("pgd-at", "PGD adversarial training (Madry et al. 2018)", AdversarialTraining),
     _baseline("fgsm-rs", "FGSM with a random start (Wong et al. 2020): one step of 1.25 eps, cyclic learning "
                          "rate, catastrophic-overfitting guard on a held-out batch", AdversarialTraining,
               schedule=CyclicLR, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=1.25 * c.eps),
-              unused={**_NOT_TRADES, "pgd_steps": "its one step is 1.25 x eps",
+              unused={"pgd_steps": "its one step is 1.25 x eps",
                       "pgd_step_size": "its one step is 1.25 x eps"},
               callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
-    _baseline("n-fgsm", "N-FGSM (de Jorge et al. 2022): one step of eps from noise uniform in ±2 eps, not projected "
-                        "back to the eps-ball; catastrophic-overfitting guard on a held-out batch", NoiseFGSM,
-              fixed=lambda c: dict(pgd_steps=1, pgd_step_size=c.eps),
-              unused={**_NOT_TRADES, "pgd_steps": "its one step is eps", "pgd_step_size": "its one step is eps"},
+    _baseline("n-fgsm", "N-FGSM (de Jorge et al. 2022): one step of eps from noise uniform in ±k eps (k = 2), not "
+                        "projected back to the eps-ball; catastrophic-overfitting guard on a held-out batch", NoiseFGSM,
+              extra={"noise": lambda c: c.nfgsm_noise}, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=c.eps),
+              unused={"pgd_steps": "its one step is eps", "pgd_step_size": "its one step is eps"},
               callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
     _baseline("trades", "TRADES (Zhang et al. 2019): CE on clean images + beta KL to the attacked ones", TRADES,
               extra={"beta": lambda c: c.beta}),
 )}
+
+
+def _why_unused(spec, name):
+    """Why the method `spec` refuses the setting `name` (another method's own, or one it does not use), or None."""
+    owner, why = _OWNED.get(name, (spec.name, None))
+    return why if owner != spec.name else spec.unused.get(name)
 
 
 def get(name):
@@ -213,8 +219,9 @@ def config_for(dataset, method="robgan", settings=None, explicit=()):
     if unknown:
         raise cfg.ConfigError(f"unknown settings: {', '.join(unknown)}")
     for name in explicit:
-        if name in spec.unused:
-            raise cfg.ConfigError(f"{cfg.flag(name)} does not apply to --method {method}: {spec.unused[name]}")
+        why = _why_unused(spec, name)
+        if why:
+            raise cfg.ConfigError(f"{cfg.flag(name)} does not apply to --method {method}: {why}")
     values = {**cfg.dataset_defaults(dataset), **spec.defaults.get(dataset, {}), **(settings or {}),
               "dataset": dataset, "method": method}
     config = cfg.Config(**values)

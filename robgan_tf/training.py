@@ -186,12 +186,17 @@ class TRADES(_ClassifierStage):
 
 
 class NoiseFGSM(AdversarialTraining):
-    """N-FGSM (de Jorge et al. 2022): cross-entropy on x + δ + eps·sign(∇), δ uniform in ±2·eps, not
-    projected back to the eps-ball (the images stay within 3·eps of x, and in [0, 1]). Its stronger
-    noise and missing projection are what keep single-step training from overfitting catastrophically."""
+    """N-FGSM (de Jorge et al. 2022): cross-entropy on x + δ + eps·sign(∇), δ uniform in ±noise·eps
+    (the paper: noise = 2), not projected back to the eps-ball (the images stay within (noise + 1)·eps
+    of x, and in [0, 1]). Its stronger noise and missing projection are what keep single-step training
+    from overfitting catastrophically."""
+
+    def __init__(self, classifier, generator=None, *, noise=2.0, **kwargs):
+        super().__init__(classifier, generator, **kwargs)
+        self.noise = float(noise)
 
     def attack(self, x, y, eps, seed, **kwargs):
-        start = x + tf.random.stateless_uniform(tf.shape(x), seed, -2.0 * eps, 2.0 * eps)
-        # one PGD step of eps in the 3·eps-ball, which no such step can leave: no projection
-        return self._attack(self._logits, x, y, 3.0 * eps, 1, eps, seed, loss_scale=self.attack_loss_scale,
-                            x_init=start)
+        start = x + tf.random.stateless_uniform(tf.shape(x), seed, -self.noise * eps, self.noise * eps)
+        # one PGD step of eps in the (noise + 1)·eps-ball, which no such step can leave: no projection
+        return self._attack(self._logits, x, y, (self.noise + 1.0) * eps, 1, eps, seed,
+                            loss_scale=self.attack_loss_scale, x_init=start)

@@ -1,4 +1,4 @@
-"""N-FGSM: one step of eps from noise in ±2 eps, not projected back to the eps-ball."""
+"""N-FGSM: one step of eps from noise in ±k eps (k = 2), not projected back to the eps-ball."""
 
 import keras
 import numpy as np
@@ -21,11 +21,13 @@ def stage(tiny_dataset):
     return model
 
 
-def test_the_attack_is_one_signed_step_of_eps_from_noise_of_twice_eps(stage, tiny_dataset):
+@pytest.mark.parametrize("noise", [2.0, 1.0])
+def test_the_attack_is_one_signed_step_of_eps_from_noise_of_k_eps(stage, tiny_dataset, noise):
+    stage.noise = noise
     x, y = data.to_float(tiny_dataset.x_train[:16]), tf.constant(tiny_dataset.y_train[:16], tf.int32)
     seed = tf.constant([5, 6], tf.int64)
-    # written out from the paper: x0 = clip(x + U(-2 eps, 2 eps)), x' = clip(x0 + eps sign(grad CE(f(x0), y)))
-    start = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), seed, -2 * EPS, 2 * EPS), 0.0, 1.0)
+    # written out from the paper: x0 = clip(x + U(-k eps, k eps)), x' = clip(x0 + eps sign(grad CE(f(x0), y)))
+    start = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), seed, -noise * EPS, noise * EPS), 0.0, 1.0)
     with tf.GradientTape() as tape:
         tape.watch(start)
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, stage.classifier(start,
@@ -34,7 +36,8 @@ def test_the_attack_is_one_signed_step_of_eps_from_noise_of_twice_eps(stage, tin
     attacked = stage.attack(x, y, tf.constant(EPS), seed)
     np.testing.assert_allclose(attacked.numpy(), expected.numpy(), atol=1e-6)
     distance = np.abs(attacked.numpy() - x.numpy()).max()
-    assert EPS < distance <= 3 * EPS + 1e-6  # beyond the eps-ball: not projected back
+    assert EPS < distance <= (noise + 1) * EPS + 1e-6  # beyond the eps-ball: not projected back
+    assert distance > noise * EPS  # the noise reached its bound somewhere (a fixed ±2 eps would pass k = 1 above)
     assert attacked.numpy().min() >= 0.0 and attacked.numpy().max() <= 1.0
 
 
@@ -45,6 +48,12 @@ def test_a_step_trains_the_classifier_and_the_method_fixes_its_step(stage, tiny_
     assert all(np.isfinite(float(v)) for v in logs.values())
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, stage.classifier.trainable_variables))
     config = methods.config_for("tiny", "n-fgsm", {"eps": 0.2})
-    assert (config.pgd_steps, config.pgd_step_size) == (1, 0.2)
+    assert (config.pgd_steps, config.pgd_step_size, config.nfgsm_noise) == (1, 0.2, 2.0)
+    # the noise is N-FGSM's alone, as beta is TRADES'
+    with pytest.raises(cfg.ConfigError, match="--nfgsm-noise does not apply to --method pgd-at"):
+        methods.config_for("tiny", "pgd-at", {"nfgsm_noise": 1.0}, explicit=("nfgsm_noise",))
+    with pytest.raises(cfg.ConfigError, match="--beta does not apply to --method n-fgsm: it is TRADES' weight"):
+        methods.config_for("tiny", "n-fgsm", {"beta": 1.0}, explicit=("beta",))
+    assert methods.config_for("tiny", "n-fgsm", {"nfgsm_noise": 1.0}, explicit=("nfgsm_noise",)).nfgsm_noise == 1.0
     with pytest.raises(cfg.ConfigError, match="--pgd-steps does not apply to --method n-fgsm"):
         methods.config_for("tiny", "n-fgsm", {"pgd_steps": 3}, explicit=("pgd_steps",))

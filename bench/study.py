@@ -262,11 +262,11 @@ def _other_threshold(methods, state, threshold):
 
 def no_time_left(name, gan, entry, budget_seconds, base, dataset):
     """Why a GAN-data variant's classifier would get less than one epoch of the budget left after
-    its generator's training and sampling, or None."""
+    its generator's (sized) training and sampling, or None."""
     (step,) = entry["step_seconds"].values()
     if budget_seconds >= steps_per_epoch(base, dataset)[0] * step:
         return None
-    spent = (entry["generator_seconds"] + entry["sampling_seconds"]) / 60
+    spent = (entry["generator_charged_seconds"] + entry["sampling_seconds"]) / 60
     remedy = ("lower --synthetic-n" if gan in HALF_GANS else "pass --no-count-generator to give it the whole "
               "budget (its row then shows the generator's minutes on top)")
     return (f"{name}: training {gan}'s generator and sampling it took {spent:.1f} minutes, which leaves its "
@@ -281,8 +281,10 @@ def generator_seconds(name, state, out):
 
 
 def cotrain_budget(entry, dataset):
-    """The seconds Rob-GAN's co-training was sized to: its epochs x steps x its timed step (the
-    budget another GAN gets, so that neither counts the other's per-epoch scoring)."""
+    """The seconds a GAN run's co-training was sized to: its epochs x steps x its timed step. It is
+    the budget a plain GAN gets from its Rob-GAN partner, and what a GAN-data row counting its
+    generator pays for it: every row pays for its sized training steps, none for the per-epoch
+    validation and scoring that measure a run (those are in the table's wall-clock minutes)."""
     config = Config(**entry["config"])
     return config.epochs * steps_per_epoch(config, dataset)[0] * entry["step_seconds"]["cotrain"]
 
@@ -378,6 +380,9 @@ def parser():
                         "time), the generator's minutes shown beside")
     p.add_argument("--out", help="study folder (default: checkpoints/study-<dataset>)")
     p.add_argument("--benchmarks", default="BENCHMARKS.md", help="Markdown file whose study section is rewritten")
+    p.add_argument("--json", help="the table's rows, with each row's autoattack result per test example, for the "
+                                  "repository: a study folder does not outlive its machine (default: bench/results/"
+                                  "study-<dataset>[-<train_limit>].json beside --benchmarks)")
     p.add_argument("--force", action="store_true", help="start even if other training or test runs are seen")
     return p
 
@@ -434,8 +439,9 @@ def main(argv=None):
             if filtered(name):
                 entry["kept_fraction"] = kept
             entry["generator_seconds"] = generator_seconds(gan, state, out)
-            if counts_generator(name, args.count_generator):
-                budget -= entry["generator_seconds"] + entry["sampling_seconds"]
+            entry["generator_charged_seconds"] = round(cotrain_budget(state["methods"][gan], dataset), 1)
+            if counts_generator(name, args.count_generator):  # its generator's sized time, as any row's steps
+                budget -= entry["generator_charged_seconds"] + entry["sampling_seconds"]
         elif name in GAN_PARTNER:  # a generator trained for as long as its Rob-GAN's co-training was sized to take
             budget = cotrain_budget(state["methods"][GAN_PARTNER[name]], dataset)
         elif name in HALF_GANS:  # a generator for rows at equal total time
@@ -620,6 +626,8 @@ def write_outputs(rows, state, out, args):
                 "a GAN-data row's classifier included, its generator's training and sampling (G + sampling) "
                 "on top: equal classifier time, not equal total time (except for a \"-half\" GAN's rows, whose "
                 f"generator was trained on {GENERATOR_SHARE:.0%} of the budget and is counted in it); ") +
+             "a counted generator pays its sized training time, as every row pays its sized steps (the minutes "
+             "shown are wall clock, with each run's per-epoch validation and scoring); " +
              f"classifier steps are the robust classifier's optimizer updates (D's in co-training, then "
              f"fine-tuning's), for a comparison at equal steps. "
              f"Command: `{command(args)}`. "
@@ -654,10 +662,14 @@ def write_outputs(rows, state, out, args):
                       "and its load average covers its fine-tuning."]
     lines.append(f"<!-- /study:{name} -->")
     section = "\n".join(lines)
-    for r in rows:
-        r.pop("_robust")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"rows": rows, "paired": paired, "state": state}, f, indent=2)
+    for r in rows:  # kept as 0/1 text, so that a paired test can be redone from the summary alone
+        r["autoattack_robust_examples"] = "".join("1" if robust else "0" for robust in r.pop("_robust"))
+    summary = {"rows": rows, "paired": paired, "state": state}
+    kept = args.json or os.path.join(os.path.dirname(args.benchmarks), "bench", "results", f"study-{name}.json")
+    for path in (os.path.join(out, "summary.json"), kept):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(section + "\n")
     study_bars(rows, os.path.join(out, "study.png"), title=f"{name}, {args.budget_minutes:g} min each")

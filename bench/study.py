@@ -269,8 +269,8 @@ def no_time_left(name, gan, entry, budget_seconds, base, dataset):
     spent = (entry["generator_charged_seconds"] + entry["sampling_seconds"]) / 60
     remedy = ("lower --synthetic-n" if gan in HALF_GANS else "pass --no-count-generator to give it the whole "
               "budget (its row then shows the generator's minutes on top)")
-    return (f"{name}: training {gan}'s generator and sampling it took {spent:.1f} minutes, which leaves its "
-            f"classifier less than one epoch of the budget; raise --budget-minutes, or {remedy}")
+    return (f"{name}: {gan}'s generator (its sized training) and sampling it are charged {spent:.1f} minutes, "
+            f"which leaves its classifier less than one epoch of the budget; raise --budget-minutes, or {remedy}")
 
 
 def generator_seconds(name, state, out):

@@ -41,6 +41,13 @@ def _compile(model, config, **optimizers):
     return model
 
 
+def _overfit_guard(context):
+    """Wong et al.'s catastrophic-overfitting guard on the method's held-out batch (OverfitGuard)."""
+    return [OverfitGuard(*context.held_out, context.config.eps, context.config.seed,
+                         record=lambda fired: rundir.write_early_stop(context.out_dir,
+                                                                      {**fired, "stage": context.stage}))]
+
+
 # Rob-GAN: co-training, then fine-tuning of the classifier with G frozen.
 
 def _cotrain(step_class, parts, optimizers, config, warmup):
@@ -101,10 +108,11 @@ ROBGAN = Method(
     stages=(Stage("cotrain", RobGAN, _cotrain, epochs=lambda c: c.epochs, batches_per_step=lambda c: c.n_dis,
                   generator="trained"),
             Stage("finetune", FineTuner, _finetune, epochs=lambda c: c.finetune_epochs, warms_up=False,
-                  generator="frozen", synthetic=True)),
+                  generator="frozen", synthetic=True, callbacks=_overfit_guard)),
     optimizers=_robgan_optimizers,
     trains_generator=True,
     check=_robgan_check,
+    held_out=lambda c: c.batch_size if c.finetune_epochs else 0,  # fine-tuning's overfitting check
 )
 
 
@@ -169,12 +177,6 @@ def _baseline(name, summary, step_class, schedule=keras.optimizers.schedules.Cos
     return Method(name=name, summary=summary, stages=(stage,), optimizers=_classifier_optimizers(schedule),
                   fixed=lambda config: {**_BASELINE_FIXED, **(fixed(config) if fixed else {})},
                   unused={**_GAN_ONLY, **(unused or {})}, check=_baseline_check, **kwargs)
-
-
-def _overfit_guard(context):
-    return [OverfitGuard(*context.held_out, context.config.eps, context.config.seed,
-                         record=lambda fired: rundir.write_early_stop(context.out_dir,
-                                                                      {**fired, "stage": context.stage}))]
 
 
 METHODS = {m.name: m for m in (

@@ -39,7 +39,7 @@ def test_study_refuses_unpaired_evaluations_and_a_generator_not_yet_trained(tmp_
     assert "list robgan before it" in capsys.readouterr().err  # before 45 minutes of PGD-AT, not after
 
 
-def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_dataset, monkeypatch):
+def test_step_probe_times_every_stage_through_fit_with_its_guard(tiny_dataset, monkeypatch):
     from robgan_tf import methods
     guards = []
 
@@ -58,8 +58,9 @@ def test_step_probe_times_every_stage_through_fit_with_the_fgsm_rs_guard(tiny_da
     fgsm = probe_step_seconds(methods.config_for("tiny", "fgsm-rs", tiny), tiny_dataset, steps=3, warmup=1,
                               verbose=0)
     assert set(fgsm) == {"train"} and 0 < fgsm["train"] < 10
-    (guard,) = guards  # ran in the probe: its first check (it traces the attack) before the first step
-    assert guard.previous is not None and guard.check.evaluator is not None
+    assert len(guards) == 3  # Rob-GAN's fine-tuning's, in both of its probes, and FGSM-RS's
+    for guard in guards:  # each ran in its probe: its first check (it traces the attack) before the first step
+        assert guard.previous is not None and guard.check.evaluator is not None
 
 
 def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():

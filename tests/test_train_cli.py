@@ -457,6 +457,24 @@ def test_n_fgsm_guard_runs_before_the_epoch_end_checkpoint(tiny_data_dir, tmp_pa
     assert _zeros(out / rundir.CLASSIFIER)
 
 
+def test_robgan_fine_tuning_is_guarded_and_co_training_is_not(tiny_data_dir, tmp_path, monkeypatch):
+    # the guard watches fine-tuning only (co-training's D is not the classifier alone); when it fires there,
+    # fine-tuning stops with the restored weights and the run ends normally, the stop recorded with its stage
+    monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
+    monkeypatch.setattr(FiringGuard, "starts", [])
+    out = tmp_path / "robgan"
+    assert run(tiny_data_dir, out, "--epochs", "1", "--finetune-epochs", "2") == 0
+    assert len(FiringGuard.starts) == 1, "one guard, built for fine-tuning"
+    early_stop = json.loads((out / rundir.METRICS_JSON).read_text())["early_stop"]
+    assert (early_stop["stage"], early_stop["epoch"]) == ("finetune", 1)
+    rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [["cotrain", "1"], ["finetune", "2"]]
+    assert _zeros(out / rundir.CLASSIFIER)
+    robgan = methods.get("robgan")
+    config = methods.config_for("tiny", "robgan", {"batch_size": 32})
+    assert robgan.held_out(config) == 32 and robgan.held_out(config.replace(finetune_epochs=0)) == 0
+
+
 def test_generated_data_mixing_needs_and_uses_a_generator(tiny_data_dir, tmp_path, capsys):
     robgan_run = tmp_path / "robgan"
     assert run(tiny_data_dir, robgan_run, "--epochs", "1", "--finetune-epochs", "1", "--gen-ratio", "0.25") == 0

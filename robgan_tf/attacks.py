@@ -50,11 +50,9 @@ def _loss_and_grad(logits_fn, loss_fn, x):
     return logits, losses, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0, x_init=None, project_start=True):
+def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0, x_init=None):
     """Projected gradient ascent (Madry et al.) from `x_init`, by default a uniform random point
-    of the eps-ball; every step's result lies in the eps-ball and in [0, 1]. With
-    `project_start=False` the first gradient is taken at `x_init` as given (FGSM-RS's reference
-    code starts outside [0, 1] where noise takes it).
+    of the eps-ball.
 
     `loss` is "ce" (cross-entropy), "margin" (CW) or a function of the logits returning
     per-example losses (e.g. TRADES' KL term). Under float16, pass a `loss_scale` (e.g. 1024)
@@ -74,7 +72,7 @@ def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0,
 
     if x_init is None:
         x_init = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
-    x_adv = tf.clip_by_value(x_init, lower, upper) if project_start else tf.convert_to_tensor(x_init, tf.float32)
+    x_adv = tf.clip_by_value(x_init, lower, upper)
     _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), x_adv))
     return tf.stop_gradient(x_adv)
 

@@ -128,8 +128,9 @@ class _ClassifierStage(AdversarialStage):
 
 
 class AdversarialTraining(_ClassifierStage):
-    """Cross-entropy on attacked images: PGD-AT (Madry et al. 2018) with k PGD steps; standard
-    training with `pgd_steps=0`."""
+    """Cross-entropy on attacked images: PGD-AT (Madry et al. 2018) with k PGD steps; FGSM-RS
+    ("Fast is better than free", Wong et al. 2020) with one step of 1.25·eps from a random
+    start; standard training with `pgd_steps=0`."""
 
     metric_names = ("loss", "adv_acc", "eps")
 
@@ -182,18 +183,6 @@ class TRADES(_ClassifierStage):
         self.apply(self.c_optimizer, tape, loss, self.classifier.trainable_variables, average=self.average)
         return self.record(loss=tf.reduce_mean(per_example), clean_acc=accuracy(y, clean_logits),
                            adv_acc=accuracy(y, adv_logits), eps=eps)
-
-
-class RandomStartFGSM(AdversarialTraining):
-    """FGSM-RS ("Fast is better than free", Wong et al. 2020): cross-entropy on x + δ, δ one step of
-    1.25·eps (`pgd_step_size`) from noise uniform in ±eps, projected to the eps-ball and [0, 1] after
-    the step only, as in the reference code: the noise is not clipped to [0, 1] first, so on MNIST's
-    black background it still varies the step's end instead of leaving it at 0 or eps."""
-
-    def attack(self, x, y, eps, seed, **kwargs):
-        start = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
-        return self._attack(self._logits, x, y, eps, 1, self.step_size_ratio * eps, seed,
-                            loss_scale=self.attack_loss_scale, x_init=start, project_start=False)
 
 
 class NoiseFGSM(AdversarialTraining):

@@ -19,7 +19,7 @@ COTRAINED = "cotrained"  # in a study's Rob-GAN run: its checkpoint at the end o
 def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose="auto"):
     """Seconds per training step of each stage of `config`'s method ({stage name: s}), or of the
     given `stages` only, as `fit` runs them in training: on the real input pipeline, with the
-    progress bar and the stage's own callbacks (a fast method's overfitting guard checks before
+    progress bar and the stage's own callbacks (an overfitting guard checks before
     the first step and at epoch ends, outside the timed window: once an epoch, its cost is a
     rounding error). The mean of `steps` steps after `warmup`. (Timing the
     bare step on one in-memory batch missed that loop's own cost: FGSM-RS on MNIST probed 56 ms
@@ -34,8 +34,8 @@ def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose
             continue
         batch = config.batch_size * stage.batches_per_step(config)
         with tempfile.TemporaryDirectory() as scratch:
-            held_out = (dataset.x_train[:config.batch_size], dataset.y_train[:config.batch_size])
-            callbacks = stage.callbacks(recipes.StageContext(config, scratch, held_out, stage.name))
+            check_batch = (dataset.x_train[:config.batch_size], dataset.y_train[:config.batch_size])
+            callbacks = stage.callbacks(recipes.StageContext(config, scratch, check_batch, stage.name))
             n = warmup + steps + 1
             x, y = dataset.x_train[:batch * n], dataset.y_train[:batch * n]
             batches = data.TrainData(x, y, batch, config.augment, config.seed).epochs(0, 1).repeat()

@@ -42,8 +42,8 @@ def _compile(model, config, **optimizers):
 
 
 def _overfit_guard(context):
-    """Wong et al.'s catastrophic-overfitting guard on the method's held-out batch (OverfitGuard)."""
-    return [OverfitGuard(*context.held_out, context.config.eps, context.config.seed,
+    """Wong et al.'s catastrophic-overfitting guard (OverfitGuard) on the stage's check batch."""
+    return [OverfitGuard(*context.check_batch, context.config.eps, context.config.seed,
                          record=lambda fired: rundir.write_early_stop(context.out_dir,
                                                                       {**fired, "stage": context.stage}))]
 
@@ -104,7 +104,7 @@ def _synthetic_check(config):
 ROBGAN = Method(
     name="robgan",
     summary="Rob-GAN (Liu & Hsieh 2019): co-training of G and the two-headed D on attacked images, then "
-            "fine-tuning of D's classifier",
+            "fine-tuning of D's classifier, with a catastrophic-overfitting guard",
     stages=(Stage("cotrain", RobGAN, _cotrain, epochs=lambda c: c.epochs, batches_per_step=lambda c: c.n_dis,
                   generator="trained"),
             Stage("finetune", FineTuner, _finetune, epochs=lambda c: c.finetune_epochs, warms_up=False,
@@ -112,7 +112,6 @@ ROBGAN = Method(
     optimizers=_robgan_optimizers,
     trains_generator=True,
     check=_robgan_check,
-    held_out=lambda c: c.batch_size if c.finetune_epochs else 0,  # fine-tuning's overfitting check
 )
 
 

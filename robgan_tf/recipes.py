@@ -45,11 +45,13 @@ def _averaged(average, holder, model):
 
 @dataclasses.dataclass(frozen=True)
 class StageContext:
-    """What a stage's callbacks may need: the run's settings, directory, held-out examples, the stage."""
+    """What a stage's callbacks may need: the run's settings, directory, the stage, and a batch of
+    training images to check on: the method's held-out examples, or else the first training batch
+    (Wong et al.'s guard checks that one)."""
 
     config: cfg.Config
     out_dir: str
-    held_out: tuple | None
+    check_batch: tuple
     stage: str
 
 

@@ -33,6 +33,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
     validation, (x, y) = data.run_split(dataset, config.val_examples, config.train_limit, config.seed)
     n_out = method.held_out(config)  # e.g. FGSM-RS's batch for its catastrophic-overfitting check
     held_out, x, y = ((x[:n_out], y[:n_out]) if n_out else None), x[n_out:], y[n_out:]
+    check_batch = held_out or (x[:config.batch_size], y[:config.batch_size])  # what a stage's guard checks
     synthetic = data.load_synthetic(config.synthetic, dataset) if config.synthetic else None
     stage_data = []
     for stage in method.stages:
@@ -107,7 +108,7 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
                 model = stage.model(parts, optimizers, config, warmup if stage.warms_up else 0)
             score = {"trained": scorer, "frozen": frozen_scores}.get(stage.generator)
             offset = sum(s.epochs(config) for s in method.stages[:index])
-            context = recipes.StageContext(config, own_dir, held_out, stage.name)
+            context = recipes.StageContext(config, own_dir, check_batch, stage.name)
             runner.run(model, stage_steps, stage.name, epochs, offset, score, stage.callbacks(context))
         progress.next_stage()
         manager.save()

@@ -2,8 +2,8 @@
 
 `AdversarialStage` holds what every stage shares (eps warm-up, per-replica seeds, PGD on the
 classifier in inference mode, generated-image mixing, metric trackers, the optimizer update).
-Here are the baselines that train the classifier alone: `AdversarialTraining` (PGD-AT, FGSM-RS)
-and `TRADES`; each can mix images of a frozen generator or a synthetic set into its batches.
+Here are the baselines that train the classifier alone: `AdversarialTraining` (PGD-AT, FGSM-RS),
+`NoiseFGSM` and `TRADES`; each can mix images of a frozen generator or a synthetic set into its batches.
 Rob-GAN's stages are in gan_training.py. The classifier is built once and passed in. All run
 under `tf.distribute` strategies: losses are global-batch means, every replica draws its own numbers.
 """

@@ -8,6 +8,7 @@ in --budget-minutes (bench/results/study-*.json, as bench/study.py writes them).
 import argparse
 import json
 import sys
+import textwrap
 
 import matplotlib
 
@@ -43,11 +44,12 @@ def main(argv=None):
         ax.errorbar(shift, accuracy, yerr=errors, marker="o", capsize=3, label=method)
         for b, a in zip(shift, accuracy):
             ax.annotate(f"{a:.1f}", (b, a), textcoords="offset points", xytext=(6, -3), fontsize=8)
-    ax.set_xlabel("budget per method, minutes (with --count-generator: a generator's training and sampling in it)")
+    ax.set_xlabel("budget per method, minutes (with --count-generator, a generator's training\nand sampling are in it)",
+                  fontsize=9)
     ax.set_ylabel("autoattack accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(args.title, fontsize=9)
+    ax.set_title(textwrap.fill(args.title, 80), fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")

@@ -158,12 +158,12 @@ class ValidationCheck(keras.callbacks.Callback):
 
 class OverfitGuard(keras.callbacks.Callback):
     """The catastrophic-overfitting guard of Wong et al. 2020: at the start of training and at
-    each epoch end, PGD-10 accuracy at the target eps on a held-out training batch; when it falls
-    by more than `drop` from the previous check, training stops and the classifier (and its weight
-    average) gets the previous check's weights back. `record(fired)` keeps the event (e.g. on disk)
-    at the end of training, after the epoch's checkpoint has saved the restored weights. The
-    first check of a process is where it starts or resumes; `fired["epoch"]` counts the stage's
-    epochs."""
+    each epoch end, PGD-10 accuracy at the target eps on a training batch (held out, or the
+    first); when it falls by more than `drop` from the previous check, training stops and the
+    classifier (and its weight average) gets the previous check's weights back. `record(fired)`
+    keeps the event (e.g. on disk) at the end of training, after the epoch's checkpoint has saved
+    the restored weights. The first check of a process is where it starts or resumes;
+    `fired["epoch"]` counts the stage's epochs."""
 
     def __init__(self, x, y, eps, seed=0, drop=0.2, record=None):
         super().__init__()
@@ -197,7 +197,7 @@ class OverfitGuard(keras.callbacks.Callback):
             return
         self.fired = {"epoch": epoch + 1, "step": int(self.model.steps_done), "pgd10_accuracy": float(robust),
                       "previous": float(self.previous)}
-        print(f"\ncatastrophic overfitting: PGD-10 accuracy on a held-out training batch fell from "
+        print(f"\ncatastrophic overfitting: PGD-10 accuracy on the guard's training batch fell from "
               f"{self.previous:.2f} to {robust:.2f} in epoch {epoch + 1}; stopping with the weights of "
               f"the check before")
         self._restore(self.good_weights)

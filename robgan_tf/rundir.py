@@ -3,8 +3,8 @@
 A run directory holds `config.json`, the `.keras` models, `samples/epoch_NNN.png`,
 `metrics.csv` (one row per epoch; columns: the method's, `Method.metric_columns`), `metrics.json`,
 TensorBoard `logs/`, the step-based training checkpoint `ckpt/`; when a catastrophic-overfitting
-guard (a fast method's, Rob-GAN's fine-tuning's) stopped it, `early_stop.json`; with a validation split, `best.json`, `classifier_best.keras`,
-`classifier_last.keras` and `curves.png`.
+guard (a fast method's, Rob-GAN's fine-tuning's) stopped it, `early_stop.json`; with a validation
+split, `best.json`, `classifier_best.keras`, `classifier_last.keras` and `curves.png`.
 """
 
 import contextlib

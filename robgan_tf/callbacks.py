@@ -134,17 +134,22 @@ class _RobustAccuracy:
 
 
 class ValidationCheck(keras.callbacks.Callback):
-    """At each epoch end, before the row and the checkpoint: clean and PGD-10 accuracy of the
-    kept classifier (`prepare()` first sets its weights, e.g. to their average) on the validation
-    split, which no step trains on, into the epoch's logs (so metrics.csv and TensorBoard); the
-    best epoch by PGD-10 accuracy (then clean accuracy) is saved as classifier_best.keras with best.json."""
+    """Every `every` epochs and at the stage's last (`stage_epochs`), before the row and the
+    checkpoint: clean and PGD-10 accuracy of the kept classifier (`prepare()` first sets its
+    weights, e.g. to their average) on the validation split, which no step trains on, into the
+    epoch's logs (so metrics.csv and TensorBoard); the best epoch checked, by PGD-10 accuracy (then
+    clean accuracy), is saved as classifier_best.keras with best.json."""
 
-    def __init__(self, kept, prepare, x, y, eps, out_dir, stage, epoch_offset, seed=0):
+    def __init__(self, kept, prepare, x, y, eps, out_dir, stage, epoch_offset, stage_epochs, seed=0, every=1):
         super().__init__()
         self.kept, self.prepare, self.check = kept, prepare, _RobustAccuracy(kept, x, y, eps, seed)
         self.out_dir, self.stage, self.epoch_offset = out_dir, stage, epoch_offset
+        self.stage_epochs, self.every = stage_epochs, every
 
     def on_epoch_end(self, epoch, logs=None):
+        number = self.epoch_offset + epoch + 1
+        if number % self.every and epoch + 1 != self.stage_epochs:
+            return
         self.prepare()
         clean, robust = self.check()
         if logs is not None:
@@ -152,7 +157,7 @@ class ValidationCheck(keras.callbacks.Callback):
         best = rundir.read_best(self.out_dir)
         if best is None or (robust, clean) > (best["val_pgd10_acc"], best["val_clean_acc"]):  # ties: the cleaner
             rundir.save_model(self.kept, self.out_dir, rundir.BEST_CLASSIFIER)
-            rundir.write_best(self.out_dir, {"epoch": self.epoch_offset + epoch + 1, "stage": self.stage,
+            rundir.write_best(self.out_dir, {"epoch": number, "stage": self.stage,
                                              "val_pgd10_acc": robust, "val_clean_acc": clean})
 
 

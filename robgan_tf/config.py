@@ -112,8 +112,12 @@ class Config:
                                     "warm-up min(decay, (1+t)/(10+t)); the average is what is validated, "
                                     "evaluated, saved and exported (0: off; Gowal et al. 2021: 0.995)", FRACTION)
     val_examples: int = setting(0, "training images held out as a validation split: PGD-10 accuracy on them "
-                                   "every epoch, and the best epoch's classifier is the one kept (0: off)",
+                                   "every --val-every epochs, and the best epoch's classifier is the one kept "
+                                   "(0: off)",
                                 NON_NEGATIVE)
+    val_every: int = setting(1, "with --val-examples: validate every N epochs and at each stage's last; the "
+                                "best epoch is chosen among those (short epochs of a small training set: "
+                                "raise it)", AT_LEAST_1)
     # the run
     eval_examples: int = setting(1000, "stratified test images for the final clean/PGD-20 evaluation", AT_LEAST_1)
     seed: int = setting(0, "random seed", NON_NEGATIVE)

@@ -19,7 +19,7 @@ class StageRunner:
         self.strategy, self.progress, self.manager, self.save_models = strategy, progress, manager, save_models
         self.class_names, self.out_dir, self.columns = class_names, out_dir, columns
         self.checkpoint_every, self.verbose = checkpoint_every, verbose
-        self.validation = validation  # ValidationCheck(stage, epoch_offset), or None
+        self.validation = validation  # ValidationCheck(stage, epoch_offset, stage_epochs), or None
         self.score_every = score_every
         self.sampler = sampler  # the generator to draw and score (G, or its weight average), or None
 
@@ -32,7 +32,7 @@ class StageRunner:
         report = EpochReport(self.out_dir, stage, epoch_offset, self.sampler, quality, self.class_names,
                              self.columns, self.score_every, epochs)
         board = keras.callbacks.TensorBoard(os.path.join(self.out_dir, rundir.LOGS, stage))
-        validate = [self.validation(stage, epoch_offset)] if self.validation else []  # its numbers go in the row
+        validate = [self.validation(stage, epoch_offset, epochs)] if self.validation else []  # its numbers go in the row
         steps = train_data.steps
 
         def fit(first, last, skip=0):

@@ -93,7 +93,8 @@ def train(config, dataset, out_dir, overwrite=False, verbose="auto", after_stage
 
     columns = method.metric_columns() + (VALIDATION_COLUMNS if config.val_examples else ())
     validate = (functools.partial(ValidationCheck, parts.kept or parts.classifier, parts.keep, *validation,
-                                  config.eps, own_dir, seed=config.seed) if config.val_examples else None)
+                                  config.eps, own_dir, seed=config.seed, every=config.val_every)
+                if config.val_examples else None)
     runner = StageRunner(strategy, progress, manager, save_models, dataset.class_names, own_dir,
                          config.checkpoint_every, columns, verbose, validate, config.score_every, parts.sampler)
     started = time.time()

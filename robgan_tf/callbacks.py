@@ -134,11 +134,12 @@ class _RobustAccuracy:
 
 
 class ValidationCheck(keras.callbacks.Callback):
-    """Every `every` epochs and at the stage's last (`stage_epochs`), before the row and the
-    checkpoint: clean and PGD-10 accuracy of the kept classifier (`prepare()` first sets its
-    weights, e.g. to their average) on the validation split, which no step trains on, into the
-    epoch's logs (so metrics.csv and TensorBoard); the best epoch checked, by PGD-10 accuracy (then
-    clean accuracy), is saved as classifier_best.keras with best.json."""
+    """Every `every` epochs and at the stage's end (its last epoch, `stage_epochs`, or an epoch
+    where a callback before this one stopped training, e.g. a guard that restored earlier
+    weights), before the row and the checkpoint: clean and PGD-10 accuracy of the kept classifier
+    (`prepare()` first sets its weights, e.g. to their average) on the validation split, which no
+    step trains on, into the epoch's logs (so metrics.csv and TensorBoard); the best epoch checked,
+    by PGD-10 accuracy (then clean accuracy), is saved as classifier_best.keras with best.json."""
 
     def __init__(self, kept, prepare, x, y, eps, out_dir, stage, epoch_offset, stage_epochs, seed=0, every=1):
         super().__init__()
@@ -148,7 +149,7 @@ class ValidationCheck(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         number = self.epoch_offset + epoch + 1
-        if number % self.every and epoch + 1 != self.stage_epochs:
+        if number % self.every and epoch + 1 != self.stage_epochs and not self.model.stop_training:
             return
         self.prepare()
         clean, robust = self.check()
@@ -168,7 +169,9 @@ class OverfitGuard(keras.callbacks.Callback):
     classifier (and its weight average) gets the previous check's weights back. `record(fired)`
     keeps the event (e.g. on disk) at the end of training, after the epoch's checkpoint has saved
     the restored weights. The first check of a process is where it starts or resumes;
-    `fired["epoch"]` counts the stage's epochs."""
+    `fired["epoch"]` counts the stage's epochs. Each epoch's check goes to its logs (COLUMNS)."""
+
+    COLUMNS = ("guard_pgd10_acc",)
 
     def __init__(self, x, y, eps, seed=0, drop=0.2, record=None):
         super().__init__()
@@ -197,6 +200,8 @@ class OverfitGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         robust = self.check()[1]
+        if logs is not None:
+            logs.update(guard_pgd10_acc=robust)
         if robust >= self.previous - self.drop:
             self.previous, self.good_weights = robust, self._weights()
             return

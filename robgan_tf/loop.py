@@ -32,7 +32,8 @@ class StageRunner:
         report = EpochReport(self.out_dir, stage, epoch_offset, self.sampler, quality, self.class_names,
                              self.columns, self.score_every, epochs)
         board = keras.callbacks.TensorBoard(os.path.join(self.out_dir, rundir.LOGS, stage))
-        validate = [self.validation(stage, epoch_offset, epochs)] if self.validation else []  # its numbers go in the row
+        # the validation follows the stage's callbacks (a guard may restore earlier weights); its numbers go in the row
+        validate = [self.validation(stage, epoch_offset, epochs)] if self.validation else []
         steps = train_data.steps
 
         def fit(first, last, skip=0):
@@ -40,7 +41,7 @@ class StageRunner:
                                   batch_offset=skip)
             report.resumed_at = skip  # its row covers the batches from `skip` on: say so
             distribute.fit(self.strategy, model, train_data.epochs(first, last, skip), first, last, steps - skip,
-                           [*validate, guard, *extra_callbacks, report, ckpt, board], self.verbose)
+                           [guard, *extra_callbacks, *validate, report, ckpt, board], self.verbose)
 
         epoch, done = int(self.progress.epoch.numpy()), int(self.progress.batch.numpy())
         if done and epoch < epochs:

@@ -48,6 +48,9 @@ def _overfit_guard(context):
                                                                       {**fired, "stage": context.stage}))]
 
 
+GUARDED = dict(callbacks=_overfit_guard, callback_columns=OverfitGuard.COLUMNS)  # a guarded stage's settings
+
+
 # Rob-GAN: co-training, then fine-tuning of the classifier with G frozen.
 
 def _cotrain(step_class, parts, optimizers, config, warmup):
@@ -108,7 +111,7 @@ ROBGAN = Method(
     stages=(Stage("cotrain", RobGAN, _cotrain, epochs=lambda c: c.epochs, batches_per_step=lambda c: c.n_dis,
                   generator="trained"),
             Stage("finetune", FineTuner, _finetune, epochs=lambda c: c.finetune_epochs, warms_up=False,
-                  generator="frozen", synthetic=True, callbacks=_overfit_guard)),
+                  generator="frozen", synthetic=True, **GUARDED)),
     optimizers=_robgan_optimizers,
     trains_generator=True,
     check=_robgan_check,
@@ -168,11 +171,12 @@ _BASELINE_FIXED = dict(spectral_norm="head", n_dis=1, finetune_epochs=0)  # a ba
 
 
 def _baseline(name, summary, step_class, schedule=keras.optimizers.schedules.CosineDecay, extra=None,
-              fixed=None, unused=None, callbacks=None, **kwargs):
+              fixed=None, unused=None, guarded=False, **kwargs):
     """A classifier trained alone: one "train" stage of `step_class` (with `extra` settings from
-    the config), Adam under `schedule`, the GAN-only settings fixed or refused."""
+    the config), Adam under `schedule`, the GAN-only settings fixed or refused, and (`guarded`)
+    the catastrophic-overfitting guard."""
     stage = Stage("train", step_class, _classifier_stage(**(extra or {})), epochs=lambda c: c.epochs,
-                  synthetic=True, callbacks=callbacks or (lambda context: []))
+                  synthetic=True, **(GUARDED if guarded else {}))
     return Method(name=name, summary=summary, stages=(stage,), optimizers=_classifier_optimizers(schedule),
                   fixed=lambda config: {**_BASELINE_FIXED, **(fixed(config) if fixed else {})},
                   unused={**_GAN_ONLY, **(unused or {})}, check=_baseline_check, **kwargs)
@@ -187,12 +191,12 @@ METHODS = {m.name: m for m in (
               schedule=CyclicLR, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=1.25 * c.eps),
               unused={"pgd_steps": "its one step is 1.25 x eps",
                       "pgd_step_size": "its one step is 1.25 x eps"},
-              callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
+              guarded=True, held_out=lambda c: c.batch_size),
     _baseline("n-fgsm", "N-FGSM (de Jorge et al. 2022): one step of eps from noise uniform in ±k eps (k = 2), not "
                         "projected back to the eps-ball; catastrophic-overfitting guard on a held-out batch", NoiseFGSM,
               extra={"noise": lambda c: c.nfgsm_noise}, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=c.eps),
               unused={"pgd_steps": "its one step is eps", "pgd_step_size": "its one step is eps"},
-              callbacks=_overfit_guard, held_out=lambda c: c.batch_size),
+              guarded=True, held_out=lambda c: c.batch_size),
     _baseline("trades", "TRADES (Zhang et al. 2019): CE on clean images + beta KL to the attacked ones", TRADES,
               extra={"beta": lambda c: c.beta}),
 )}
@@ -229,6 +233,8 @@ def config_for(dataset, method="robgan", settings=None, explicit=()):
     config = config.replace(mixed_precision=distribute.resolve_precision(config.mixed_precision))
     config = config.replace(**spec.fixed(config))
     cfg.check(config)
+    if "val_every" in explicit and not config.val_examples:
+        raise cfg.ConfigError("--val-every needs --val-examples (the validation split it checks)")
     spec.check(config)
     return config
 

@@ -60,8 +60,8 @@ class Stage:
     """One stage of a method: its name (in metrics.csv, logs/ and the progress bar), its
     train-step class and how to build and compile it, its epochs, the batches each step takes,
     whether eps warms up, what it does with G ("trained": scored and drawn every epoch;
-    "frozen": scores kept from before), whether its batches take --synthetic images and its
-    extra callbacks."""
+    "frozen": scores kept from before), whether its batches take --synthetic images, its
+    extra callbacks and the metrics they add to the epoch's row."""
 
     name: str
     step_class: type
@@ -72,6 +72,7 @@ class Stage:
     generator: str | None = None
     synthetic: bool = False
     callbacks: Callable[[StageContext], list] = lambda context: []
+    callback_columns: tuple = ()
 
     def model(self, parts, optimizers, config, eps_warmup_steps=0):
         """The compiled train-step model of this stage over the run's `parts` and `optimizers`."""
@@ -97,8 +98,10 @@ class Method:
     held_out: Callable[[cfg.Config], int] = lambda config: 0
 
     def metric_columns(self):
-        """metrics.csv's columns for this method: its stages' declared metrics, and the
+        """metrics.csv's columns for this method: its stages' declared metrics (their steps' and
+        callbacks'), and the
         generator's quality scores when a stage draws from G."""
-        names = dict.fromkeys(n for stage in self.stages for n in stage.step_class.metric_names)
+        names = dict.fromkeys(n for stage in self.stages
+                              for n in stage.step_class.metric_names + stage.callback_columns)
         scored = any(stage.generator for stage in self.stages)
         return rundir.ROW_KEYS + tuple(names) + (quality.COLUMNS if scored else ())

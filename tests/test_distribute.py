@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from conftest import TINY_TRAIN_ARGS
+from robgan_tf import rundir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,3 +70,8 @@ def test_multiworker_two_local_workers_finish_with_identical_weights(tiny_data_d
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert "finetune,2" in (out / "metrics.csv").read_text()
+    # each worker runs fine-tuning's catastrophic-overfitting guard itself: on the same weights and check batch it
+    # must measure the same, or one worker would stop while the other waits for it
+    guard_checks = [[r["guard_pgd10_acc"] for r in rundir.read_metrics_rows(run) if r["stage"] == "finetune"]
+                    for run in (out, out / "workers" / "1")]
+    assert guard_checks[0] == guard_checks[1] and len(guard_checks[0]) == 1 and guard_checks[0][0] != ""

@@ -384,8 +384,10 @@ def test_baseline_methods_write_the_run_directory(tiny_data_dir, tmp_path, metho
     metrics = json.loads((out / rundir.METRICS_JSON).read_text())
     assert metrics["method"] == method and 0 <= metrics["pgd20_accuracy"] <= metrics["clean_accuracy"] <= 1
     assert "gan_test_accuracy" not in metrics
-    rows = (out / rundir.METRICS_CSV).read_text().splitlines()[1:]
-    assert [r.split(",")[:2] for r in rows] == [["train", "1"], ["train", "2"]]
+    rows = rundir.read_metrics_rows(out)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("train", "1"), ("train", "2")]
+    guarded = method == "fgsm-rs"  # its guard's check of each epoch is in the row; the others have no such column
+    assert [r["guard_pgd10_acc"] != "" for r in rows] == [True, True] if guarded else "guard_pgd10_acc" not in rows[0]
     classifier = keras.saving.load_model(out / rundir.CLASSIFIER)
     assert classifier.output.shape[-1] == 4
     # "tiny" takes CIFAR-10's defaults, spectral norm on all of Rob-GAN's D; a baseline has none
@@ -472,6 +474,21 @@ def test_robgan_fine_tuning_is_guarded_and_co_training_is_not(tiny_data_dir, tmp
     assert [r.split(",")[:2] for r in rows] == [["cotrain", "1"], ["finetune", "2"]]
     assert _zeros(out / rundir.CLASSIFIER)
     assert methods.get("robgan").held_out(methods.config_for("tiny", "robgan")) == 0
+
+
+def test_a_guard_stop_between_validations_is_validated(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    # --val-every 2 would skip epoch 1, but the guard stops training there with the weights it kept: those are
+    # validated (after the guard, not before it) and become the best epoch
+    assert run(tiny_data_dir, tmp_path / "r", "--method", "fgsm-rs", "--val-every", "2") == 1
+    assert "--val-every needs --val-examples" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    monkeypatch.setattr(methods, "OverfitGuard", FiringGuard)
+    out = tmp_path / "fgsm-rs"
+    assert run(tiny_data_dir, out, "--method", "fgsm-rs", "--epochs", "3", "--val-examples", "32",
+               "--val-every", "2") == 0
+    rows = rundir.read_metrics_rows(out)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("train", "1")] and rows[0]["val_pgd10_acc"] != ""
+    assert json.loads((out / rundir.BEST).read_text())["epoch"] == 1
+    assert _zeros(out / rundir.CLASSIFIER), "the validated weights are the guard's, not the epoch's before it"
 
 
 def test_generated_data_mixing_needs_and_uses_a_generator(tiny_data_dir, tmp_path, capsys):

@@ -178,14 +178,18 @@ def test_overfit_guard_fires_on_a_drop_of_more_than_0_2_from_the_previous_epoch_
     accuracies = iter([0.0, 0.9, 0.75, 0.6, 0.42, 0.2])  # the start, then epochs 1-5
     guard.check = lambda: (1.0, next(accuracies))
     guard.on_train_begin()
+    logs = []  # each epoch's check goes to its row
     for epoch in range(4):  # rises, then falls by 0.15-0.18 an epoch (kept), to below half the best
         for a in average.averages:
             a.assign(tf.fill(a.shape, float(epoch)))
-        guard.on_epoch_end(epoch)
+        logs.append({})
+        guard.on_epoch_end(epoch, logs[-1])
         assert guard.fired is None and not model.stop_training
     for a in average.averages:
         a.assign(tf.fill(a.shape, 9.0))
-    guard.on_epoch_end(4)  # 0.42 -> 0.2: more than 0.2 below the previous epoch
+    logs.append({})
+    guard.on_epoch_end(4, logs[-1])  # 0.42 -> 0.2: more than 0.2 below the previous epoch
+    assert logs == [{"guard_pgd10_acc": a} for a in (0.9, 0.75, 0.6, 0.42, 0.2)]
     assert guard.fired == {"epoch": 5, "step": 0, "pgd10_accuracy": 0.2, "previous": 0.42} and model.stop_training
     assert all(np.all(a.numpy() == 3.0) for a in average.averages), "the average of epoch 4 comes back too"
 

@@ -291,8 +291,11 @@ def test_an_interrupted_sampling_keeps_its_seconds(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "BEAT_SECONDS", 0.1)
     with pytest.raises(KeyboardInterrupt):
         study.sample_set("robgan", state, str(tmp_path), 40, 0, lambda: saved.append(dict(state)))
-    assert len(saved) >= 3 and saved[0]["robgan_sampling_seconds_so_far"] < 0.3  # saved while it ran (a kill's
-    assert set(saved[-1]) == {"robgan_sampling_seconds_so_far"}  # loss), then the whole time at the Ctrl-C
+    beats = [entry["robgan_sampling_seconds_so_far"] for entry in saved]
+    # saved while it ran (a kill's loss), rising, then the whole time at the Ctrl-C (the time before the first save
+    # includes loading the generator, which a slow host makes longer than the 0.3 s of sampling)
+    assert len(beats) >= 3 and beats == sorted(beats) and beats[0] < beats[-1]
+    assert set(saved[-1]) == {"robgan_sampling_seconds_so_far"}
     assert 0.3 <= saved[-1]["robgan_sampling_seconds_so_far"] < 30
     monkeypatch.setattr(study.synthetic, "write", lambda *a, **k: real_write(*a, **{**k, "verbose": 0}))
     interrupted = saved[-1]["robgan_sampling_seconds_so_far"]

@@ -1,7 +1,7 @@
 """Autoattack accuracy against the study budget: one line per method across studies that differ only
 in --budget-minutes (bench/results/study-*.json, as bench/study.py writes them).
 
-    python bench/budget_curve.py bench/results/study-cifar10-1000.json bench/results/study-cifar10-1000-45.json \
+    python bench/budget_curve.py bench/results/study-cifar10-1000-30.json bench/results/study-cifar10-1000-45.json \
         --out docs/study_cifar10_1000_budget.png
 """
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -330,6 +331,106 @@ def sample_set(gan, state, out, n, seed, save_state, threshold=None):
         return path, state[key], json.load(f)["kept_fraction"]
 
 
+SIZED = ("epochs", "finetune_epochs", "eps_warmup_epochs")  # the settings a study sizes to its budget
+
+
+def base_config(dataset_name, variant, overrides, seed):
+    """A study row's settings before sizing: the dataset's defaults, --set, then the variant's own."""
+    variant = dict(variant)
+    return methods.config_for(dataset_name, variant.pop("method"),
+                              {**overrides, "seed": seed, "eval_examples": 1000, **variant})
+
+
+def _wanted_gans(names, state):
+    """The study GAN runs the variants `names` build on that the study lacks, each with the sampled sets
+    ("<gan>" or "<gan>-filtered") its rows train on."""
+    wanted = {}
+    for name in names:
+        for gan in gans_of([name]) - set(state["methods"]):
+            sets = wanted.setdefault(gan, set())
+            if data_source(name) == gan:
+                sets.add(f"{gan}-filtered" if filtered(name) else gan)
+    return wanted
+
+
+def adoption(source, names, state, dataset, overrides, args):
+    """(why not, or None; the plan) for --generators-from: which of the GAN runs the variants `names` build
+    on the study folder `source` holds trained, each with its state entry and scores, and the sampled sets
+    the rows use with their sampling seconds. Each run must have been trained on this study's data, with its
+    settings (all but those sized to a budget), so none of its images are this study's validation images;
+    its sets must have been drawn as this study would draw them. A run it does not hold is trained here."""
+    wanted = _wanted_gans(names, state)
+    path = os.path.join(source, "study.json")
+    if not wanted:
+        return None, {}
+    if not os.path.exists(path):
+        return f"--generators-from {source}: no study.json there", {}
+    with open(path) as f:
+        theirs = json.load(f)
+    plan = {}
+    for gan, sets in sorted(wanted.items()):
+        entry, run = theirs["methods"].get(gan, {}), os.path.join(source, gan)
+        if not entry.get("trained"):
+            continue
+        where = f"--generators-from {source}: its {gan}"
+        if not os.path.exists(os.path.join(run, rundir.CONFIG)):
+            return f"{where} is in its study.json but its folder {run} is not there", {}
+        with open(os.path.join(run, rundir.CONFIG)) as f:
+            if json.load(f).get("data") != dataset.identity():
+                return f"{where} was trained on other data than this study's {dataset.name}", {}
+        ours = json.loads(json.dumps(base_config(args.dataset, VARIANTS[gan], overrides, args.seed).as_dict()))
+        differ = sorted(k for k in ours.keys() & entry["config"].keys() if k not in SIZED
+                        and ours[k] != entry["config"][k])
+        if differ:
+            return (f"{where} was trained with other settings: " + ", ".join(
+                f"{k}={entry['config'][k]} (here {ours[k]})" for k in differ)), {}
+        plan[gan] = {"entry": entry, "scores": theirs.get("generator_scores", {}).get(gan), "sets": {}}
+        for name in sorted(sets & {key[:-len("_sampling_seconds")] for key in theirs}):
+            data_set = os.path.join(source, f"{name}-data.npz")
+            if not all(map(os.path.exists, (data_set, synthetic.metadata_path(data_set)))):
+                return f"{where}'s set {data_set} or its metadata is not there", {}
+            with open(synthetic.metadata_path(data_set)) as f:
+                drawn = json.load(f)
+            if drawn["n"] != args.synthetic_n or drawn["seed"] != args.seed:
+                return f"{where}'s set {name}-data.npz holds {drawn['n']} samples of seed {drawn['seed']}", {}
+            if name != gan and theirs["filter_threshold"] != args.filter_threshold:
+                return (f"{where}'s set {name}-data.npz was filtered at --filter-threshold "
+                        f"{theirs['filter_threshold']:g}; pass that"), {}
+            plan[gan]["sets"][name] = theirs[f"{name}_sampling_seconds"]
+            plan[gan]["filter_threshold"] = theirs.get("filter_threshold")
+    return None, plan
+
+
+def _copy_whole(source, target, copy):
+    """`copy` (shutil.copy2 or copytree) of `source` to `target` through a temporary name, so that a
+    kill leaves no partial target; a target already there (a copy whose state a kill lost) is replaced."""
+    partial = target + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    copy(source, partial)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
+def adopt_generators(source, out, plan, state, save_state):
+    """Takes the GAN runs of `plan` (from adoption) from the study folder `source` as they are: the run,
+    the sampled sets and their sampling seconds, and its scores, so that studies at other budgets compare
+    classifiers on the same generators, each charged its own sized training time."""
+    for gan, taken in plan.items():
+        _copy_whole(os.path.join(source, gan), os.path.join(out, gan), shutil.copytree)
+        for name, seconds in taken["sets"].items():
+            for file in (f"{name}-data.npz", synthetic.metadata_path(f"{name}-data.npz")):
+                _copy_whole(os.path.join(source, file), os.path.join(out, file), shutil.copy2)
+            state[f"{name}_sampling_seconds"] = seconds
+            if name != gan:
+                state["filter_threshold"] = taken["filter_threshold"]
+        if taken["scores"] is not None:
+            state.setdefault("generator_scores", {})[gan] = taken["scores"]
+        state["methods"][gan] = {**taken["entry"],
+                                 "adopted_from": taken["entry"].get("adopted_from", os.path.abspath(source))}
+        save_state()  # after its files: a kill before it copies them again
+
+
 def generator_scores(gan, state, out, dataset):
     """A study GAN run's final generator scored as a data source (quality.GeneratorQuality: GAN-test,
     GAN-train against the same CNN trained on the run's real training images, diversity, Frechet
@@ -378,11 +479,14 @@ def parser():
                    help="count a GAN-data variant's generator training and sampling in its budget (equal total "
                         "time); --no-count-generator gives its classifier the whole budget (equal classifier "
                         "time), the generator's minutes shown beside")
+    p.add_argument("--generators-from", metavar="STUDY_FOLDER",
+                   help="take the GAN runs the methods build on (and their sampled sets) from another study "
+                        "folder of the same data instead of training them: the same generators at another budget")
     p.add_argument("--out", help="study folder (default: checkpoints/study-<dataset>)")
     p.add_argument("--benchmarks", default="BENCHMARKS.md", help="Markdown file whose study section is rewritten")
     p.add_argument("--json", help="the table's rows, with each row's autoattack result per test example, for the "
                                   "repository: a study folder does not outlive its machine (default: bench/results/"
-                                  "study-<dataset>[-<train_limit>].json beside --benchmarks)")
+                                  "study-<dataset>[-<train_limit>][-<budget>].json beside --benchmarks)")
     p.add_argument("--force", action="store_true", help="start even if other training or test runs are seen")
     return p
 
@@ -406,20 +510,28 @@ def main(argv=None):
             state = json.load(f)
     settings = AttackSettings(square_queries=args.square_queries, apgd_targets=args.apgd_targets,
                                          seed=args.seed)
-    problem = (_unpaired(out, args.methods, settings, args.eval_examples) or _generator_first(args.methods, state)
+    overrides = dict(_setting(item) for item in args.set)
+    problem = (_unpaired(out, args.methods, settings, args.eval_examples)
                or _other_counting(args.methods, state, args.count_generator)
                or _other_threshold(args.methods, state, args.filter_threshold))
+    dataset, plan = None, {}
+    if not problem and args.generators_from:  # the runs it takes count as trained below
+        dataset = data.load(args.dataset, args.data_dir)
+        problem, plan = adoption(args.generators_from, args.methods, state, dataset, overrides, args)
+    problem = problem or _generator_first(args.methods, {"methods": {**state["methods"], **{
+        gan: {"trained": True} for gan in plan}}})
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
-    dataset = data.load(args.dataset, args.data_dir)
-    overrides = dict(_setting(item) for item in args.set)
+    dataset = dataset or data.load(args.dataset, args.data_dir)
     x_eval, y_eval = data.subset(dataset.x_test, dataset.y_test, args.eval_examples, args.seed)
 
     def save_state():
         with open(state_path + ".tmp", "w") as f:
             json.dump(state, f, indent=2)
         os.replace(state_path + ".tmp", state_path)
+
+    adopt_generators(args.generators_from, out, plan, state, save_state)
 
     for name in args.methods:
         entry = state["methods"].setdefault(name, {})
@@ -446,8 +558,7 @@ def main(argv=None):
             budget = cotrain_budget(state["methods"][GAN_PARTNER[name]], dataset)
         elif name in HALF_GANS:  # a generator for rows at equal total time
             budget *= GENERATOR_SHARE
-        base = methods.config_for(args.dataset, variant.pop("method"),
-                                  {**overrides, "seed": args.seed, "eval_examples": 1000, **variant})
+        base = base_config(args.dataset, variant, overrides, args.seed)
         shared = shares_cotraining(name)
         if "config" not in entry:
             print(f"== {name}: timing its training step ...")
@@ -563,15 +674,20 @@ def command(args):
     optional = ("eval_examples", "apgd_targets", "seed", "filter_threshold")
     parts += [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in optional if getattr(args, k) != p.get_default(k)]
     parts += [] if args.count_generator else ["--no-count-generator"]
+    parts += [f"--generators-from {args.generators_from}"] if args.generators_from else []
     if args.set:
         parts.append("--set " + " ".join(args.set))
     return " ".join(parts)
 
 
 def section_name(args):
-    """The study's name in BENCHMARKS.md: the dataset, and the training-set size when limited."""
+    """The study's name in BENCHMARKS.md and bench/results: the dataset, then the training-set size when
+    limited, and the budget when the size is limited or the budget is not the default, so that one
+    dataset's studies at other sizes or budgets do not overwrite each other."""
     limit = dict(_setting(item) for item in args.set).get("train_limit")
-    return f"{args.dataset}-{limit}" if limit else args.dataset
+    default_budget = args.budget_minutes == parser().get_default("budget_minutes")
+    return "-".join([args.dataset] + ([str(limit)] if limit else [])
+                    + ([] if default_budget and not limit else [f"{args.budget_minutes:g}"]))
 
 
 def _frechet(metrics):
@@ -589,7 +705,9 @@ def generator_lines(state, out, args):
     for gan, m in state.get("generator_scores", {}).items():
         if gan not in gans_of(args.methods):
             continue
-        lines.append(f"- {gan}'s generator ({round(generator_seconds(gan, state, out) / 60, 1)} training minutes): "
+        source = state["methods"][gan].get("adopted_from")
+        lines.append(f"- {gan}'s generator ({round(generator_seconds(gan, state, out) / 60, 1)} training minutes"
+                     + (f", trained in the study at {source} and taken from it" if source else "") + "): "
                      f"GAN-test {100 * m['gan_test_accuracy']:.1f}% (reference CNN on real images: "
                      f"{100 * m['gan_test_reference_accuracy']:.1f}%), GAN-train {100 * m['gan_train_accuracy']:.1f}% "
                      f"({m['gan_train_accuracy'] / m['gan_train_real_accuracy']:.0%} of the same CNN trained on the "
@@ -672,7 +790,7 @@ def write_outputs(rows, state, out, args):
             json.dump(summary, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(section + "\n")
-    study_bars(rows, os.path.join(out, "study.png"), title=f"{name}, {args.budget_minutes:g} min each")
+    study_bars(rows, os.path.join(out, "study.png"), title=f"{name}: {args.budget_minutes:g} min each")
     if os.path.exists(args.benchmarks):
         text = open(args.benchmarks).read()
         start, end = f"<!-- study:{name} -->", f"<!-- /study:{name} -->"

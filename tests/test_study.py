@@ -148,7 +148,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert state["methods"]["pgd-at"]["config"]["finetune_epochs"] == 0
     rob = state["methods"]["robgan"]["config"]
     text = benchmarks.read_text()
-    assert "<!-- study:tiny-128 -->" in text and "McNemar" in text
+    assert "<!-- study:tiny-128-0.05 -->" in text and "McNemar" in text
     assert f"| robgan | {rob['epochs']} (+{rob['finetune_epochs']}) |" in text  # epochs reached, from metrics.csv
     assert f"| pgd-at | {state['methods']['pgd-at']['config']['epochs']} (+0) |" in text
     assert (tmp_path / "study" / "study.png").stat().st_size > 1000
@@ -199,7 +199,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     summary = {r["method"]: r for r in json.loads((run / "summary.json").read_text())["rows"]}
     # the same summary goes beside BENCHMARKS.md, each row's autoattack result per test example in it: the
     # paired test can be redone from it alone
-    kept = json.loads((tmp_path / "bench" / "results" / "study-tiny-128.json").read_text())
+    kept = json.loads((tmp_path / "bench" / "results" / "study-tiny-128-0.05.json").read_text())
     assert kept["rows"] == list(summary.values())
     flags = {name: np.array([c == "1" for c in r["autoattack_robust_examples"]]) for name, r in summary.items()}
     assert all(len(f) == 40 for f in flags.values())
@@ -212,7 +212,7 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     before = (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime
     assert study.main(args) == 0  # a finished study is not redone
     assert (tmp_path / "study" / "pgd-at" / "metrics.json").stat().st_mtime == before
-    assert benchmarks.read_text().count("<!-- study:tiny-128 -->") == 1
+    assert benchmarks.read_text().count("<!-- study:tiny-128-0.05 -->") == 1
 
 
 def _interrupted_after_a_while(*_, **__):
@@ -324,6 +324,75 @@ def test_a_filtered_set_is_judged_by_its_gan_runs_own_classifier(tmp_path, monke
     assert len(kept) == 10 and set(kept) == {0}  # the unfiltered set's chunks would be elsewhere and hold all 4
 
     assert study.filtered("trades+cgan-de-filtered-data") and not study.filtered("trades+cgan-de-data")
+
+
+def _finished_study_with_a_generator(folder, data, **settings):
+    """A study folder as bench/study.py leaves it after training cgan-de-half (3 epochs) on `data` with
+    `settings` and drawing its filtered set (no training: the files stand for the run's)."""
+    config = study.base_config("tiny", study.VARIANTS["cgan-de-half"], settings, 0).replace(epochs=3)
+    (folder / "cgan-de-half").mkdir(parents=True)
+    (folder / "cgan-de-half" / "generator.keras").write_text("its generator")
+    (folder / "cgan-de-half" / "config.json").write_text(json.dumps({"data": data.identity()}))
+    np.savez(folder / "cgan-de-half-filtered-data.npz", x=np.zeros((8, 16, 16, 1), np.uint8), y=np.arange(8) % 4)
+    (folder / "cgan-de-half-filtered-data.json").write_text(json.dumps({"kept_fraction": 0.5, "n": 8, "seed": 0}))
+    state = {"methods": {"cgan-de-half": {"config": config.as_dict(), "trained": True, "train_seconds": 70.0,
+                                          "step_seconds": {"cotrain": 0.05}, "budget_minutes": 30}},
+             "filter_threshold": 0.0, "cgan-de-half-filtered_sampling_seconds": 6.0,
+             "generator_scores": {"cgan-de-half": {"gan_test_accuracy": 0.8}}}
+    (folder / "study.json").write_text(json.dumps(state))
+    return state
+
+
+def test_a_study_at_another_budget_takes_its_generator_from_an_earlier_study(tiny_data_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.setattr(study, "other_runs", lambda: [])
+    monkeypatch.setattr(study, "probe_step_seconds", _fixed_step_seconds)
+    monkeypatch.setattr(study.trainer, "train", _interrupted_after_a_while)
+    dataset = study.data.load("tiny", str(tiny_data_dir))
+    source = _finished_study_with_a_generator(tmp_path / "at-30", dataset, train_limit=128)
+    args = ["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--methods", "pgd-at+cgan-de-half-filtered-data",
+            "--budget-minutes", "60", "--synthetic-n", "8", "--benchmarks", str(tmp_path / "none.md"),
+            "--set", "train_limit=128"]
+    # refused before anything is copied: a generator trained on other images (another subset), on other data,
+    # or whose set was drawn otherwise
+    _finished_study_with_a_generator(tmp_path / "other-images", dataset, train_limit=256)
+    _finished_study_with_a_generator(tmp_path / "other-data", study.data.Dataset(
+        "tiny", dataset.x_train[::-1], dataset.y_train[::-1], dataset.x_test, dataset.y_test), train_limit=128)
+    for folder, why in ((tmp_path / "other-images", "was trained with other settings: train_limit=256 (here 128)"),
+                        (tmp_path / "other-data", "was trained on other data"),
+                        (tmp_path / "at-30", "holds 8 samples of seed 0")):
+        extra = ["--synthetic-n", "20"] if folder.name == "at-30" else []
+        assert study.main(args + extra + ["--out", str(tmp_path / "refused"), "--generators-from", str(folder)]) == 1
+        assert why in capsys.readouterr().err
+        assert sorted(os.listdir(tmp_path / "refused")) == []
+    # without it, the data row would need the generator trained first in this study
+    assert study.main(args + ["--out", str(tmp_path / "alone")]) == 1
+    assert "list cgan-de-half before it" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):  # the data row's training starts: its generator and set were taken
+        study.main(args + ["--out", str(tmp_path / "at-60"), "--generators-from", str(tmp_path / "at-30")])
+    state = json.loads((tmp_path / "at-60" / "study.json").read_text())
+    taken = state["methods"]["cgan-de-half"]
+    assert taken == {**source["methods"]["cgan-de-half"], "adopted_from": str(tmp_path / "at-30")}
+    assert (tmp_path / "at-60" / "cgan-de-half" / "generator.keras").read_text() == "its generator"
+    np.testing.assert_array_equal(np.load(tmp_path / "at-60" / "cgan-de-half-filtered-data.npz")["y"],
+                                  np.arange(8) % 4)
+    assert state["generator_scores"] == source["generator_scores"] and state["filter_threshold"] == 0.0
+    assert not [f for f in os.listdir(tmp_path / "at-60") if f.endswith(".partial")]
+    # the row pays for the generator's sized training in the earlier study (its 3 epochs' steps at 0.05 s) and
+    # the sampling, and its classifier gets the rest of the 60 minutes
+    row = state["methods"]["pgd-at+cgan-de-half-filtered-data"]
+    charged = 3 * study.steps_per_epoch(study.Config(**taken["config"]), dataset)[0] * 0.05
+    assert row["generator_charged_seconds"] == round(charged, 1) > 0 and row["sampling_seconds"] == 6.0
+    steps = study.steps_per_epoch(study.Config(**row["config"]), dataset)[0]
+    assert row["config"]["epochs"] == int((3600 - row["generator_charged_seconds"] - 6.0) / (steps * 0.02))
+    assert row["kept_fraction"] == 0.5 and row["config"]["synthetic"] == str(
+        tmp_path / "at-60" / "cgan-de-half-filtered-data.npz")
+    # a resumed study has what it took: the earlier study's folder is no longer needed
+    os.rename(tmp_path / "at-30", tmp_path / "moved")
+    with pytest.raises(KeyboardInterrupt):
+        study.main(args + ["--out", str(tmp_path / "at-60"), "--generators-from", str(tmp_path / "at-30")])
+    assert study.section_name(study.parser().parse_args(args)) == "tiny-128-60"
+    assert study.section_name(study.parser().parse_args(["--dataset", "mnist"])) == "mnist"
 
 
 def test_a_run_cannot_start_from_a_co_training_it_does_not_have(tmp_path):

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from robgan_tf import data, evaluation, methods, quality, report, rundir, synthetic, trainer  # noqa: E402
 from robgan_tf.config import AttackSettings, Config  # noqa: E402
-from study_runs import keep_cotrained, probe_step_seconds, start_from_cotrained, study_bars  # noqa: E402
+from study_runs import BusyMachine, keep_cotrained, probe_step_seconds, start_from_cotrained, study_bars  # noqa: E402
 
 # the literature's GAN settings for small data: a projection D (Miyato & Koyama 2018), DiffAugment (Zhao et al.
 # 2020), the hinge loss of SN-GAN and BigGAN, and BigGAN's average of G's weights; the projection conditions the
@@ -59,6 +59,7 @@ GAN_PARTNER = {"cgan": "robgan", "cgan-de": "robgan-de", "cgan-half": "robgan-ha
 CONTROLS = tuple(dict.fromkeys(tuple(GAN_PARTNER) + HALF_GANS))
 FINETUNE_ONLY = ("gen_ratio", "lam", "finetune_lr")  # Rob-GAN settings its co-training does not use
 BUSY = ("train.py", "pytest", "step_speed.py", "evaluate.py", "study.py")
+PROBE_TRIES, PROBE_PAUSE = 3, 60  # a step probe another process disturbed is redone after a pause, this often
 
 
 def other_runs():
@@ -157,6 +158,18 @@ def shared_config(base, robgan, dataset, budget_seconds, cotrain_seconds, step_s
     config = robgan.replace(**{k: getattr(base, k) for k in FINETUNE_ONLY})
     seconds = steps_per_epoch(config, dataset)[1] * step_seconds["finetune"]
     return config.replace(finetune_epochs=max(1, int((budget_seconds - cotrain_seconds) / seconds)))
+
+
+def probe_when_quiet(config, dataset, stages, **probe):
+    """probe_step_seconds, timed again after a pause while other processes use the CPU (a step timed
+    then would be slow, and its budget sized short); None if they do not stop within PROBE_TRIES."""
+    for _ in range(PROBE_TRIES):
+        try:
+            return probe_step_seconds(config, dataset, stages, **probe)
+        except BusyMachine as e:
+            print(f"== {e}: timing again in {PROBE_PAUSE} s", flush=True)
+            time.sleep(PROBE_PAUSE)
+    return None
 
 
 def cotrain_seconds(entry, run_dir):
@@ -562,7 +575,11 @@ def main(argv=None):
         shared = shares_cotraining(name)
         if "config" not in entry:
             print(f"== {name}: timing its training step ...")
-            entry["step_seconds"] = probe_step_seconds(base, dataset, ("finetune",) if shared else None)
+            entry["step_seconds"] = probe_when_quiet(base, dataset, ("finetune",) if shared else None)
+            if entry["step_seconds"] is None:
+                print(f"error: {name}: other processes kept using the CPU through {PROBE_TRIES} step probes; "
+                      f"stop them and rerun", file=sys.stderr)
+                return 1
             if shared:  # robgan's co-training time counts as this variant's
                 robgan = state["methods"]["robgan"]
                 entry["train_seconds"] = cotrain_seconds(robgan, os.path.join(out, "robgan"))

@@ -14,6 +14,22 @@ from robgan_tf import data, distribute, methods, recipes, rundir, trainer
 from robgan_tf.plots import plt  # matplotlib with the Agg backend
 
 COTRAINED = "cotrained"  # in a study's Rob-GAN run: its checkpoint at the end of co-training
+OTHERS_LIMIT = 0.2  # CPU cores other processes may use while a step is timed before the timing is refused
+
+
+class BusyMachine(RuntimeError):
+    """Other processes used the CPU while a training step was timed, so the timing is slow and unfair."""
+
+
+def busy_cpu_seconds():
+    """CPU seconds every process has spent busy since boot, summed over cores (/proc/stat: user, nice,
+    system, irq, softirq and steal time), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose="auto"):
@@ -23,7 +39,8 @@ def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose
     the first step and at epoch ends, outside the timed window: once an epoch, its cost is a
     rounding error). The mean of `steps` steps after `warmup`. (Timing the
     bare step on one in-memory batch missed that loop's own cost: FGSM-RS on MNIST probed 56 ms
-    and trained at 69-77 ms.)"""
+    and trained at 69-77 ms.) Raises BusyMachine if other processes used more than OTHERS_LIMIT
+    cores on average over a stage's timed steps (the machine's busy time less this process's)."""
     method = methods.get(config.method)
     with distribute.dtype_policy(config.mixed_precision):
         parts = trainer.build_parts(config, dataset, method)
@@ -39,14 +56,20 @@ def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose
             n = warmup + steps + 1
             x, y = dataset.x_train[:batch * n], dataset.y_train[:batch * n]
             batches = data.TrainData(x, y, batch, config.augment, config.seed).epochs(0, 1).repeat()
-            ends = []
-            callbacks.append(keras.callbacks.LambdaCallback(
-                on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter())))
+            ends = []  # at each step's end: (wall clock, the machine's busy CPU seconds, this process's)
+            callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(
+                (time.perf_counter(), busy_cpu_seconds(), time.process_time()))))
             model = stage.model(parts, optimizers, config)
             model.fit(batches, epochs=1, steps_per_epoch=n, callbacks=callbacks, verbose=verbose, shuffle=False)
         if len(ends) != n:
             raise RuntimeError(f"the {stage.name} step probe stopped after {len(ends)} of {n} steps")
-        seconds[stage.name] = (ends[-1] - ends[warmup]) / steps
+        (start, busy_start, own_start), (end, busy_end, own_end) = ends[warmup], ends[-1]
+        if busy_start is not None:
+            others = ((busy_end - busy_start) - (own_end - own_start)) / (end - start)
+            if others > OTHERS_LIMIT:
+                raise BusyMachine(f"other processes used {others:.2f} CPU cores while the {stage.name} step was "
+                                  f"timed (at most {OTHERS_LIMIT:g} allowed)")
+        seconds[stage.name] = (end - start) / steps
     return seconds
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import study  # noqa: E402
 from robgan_tf.config import AttackSettings  # noqa: E402
+import study_runs  # noqa: E402
 from study_runs import probe_step_seconds  # noqa: E402
 
 
@@ -49,6 +50,7 @@ def test_step_probe_times_every_stage_through_fit_with_its_guard(tiny_dataset, m
             guards.append(self)
 
     monkeypatch.setattr(methods, "OverfitGuard", RecordedGuard)
+    monkeypatch.setattr(study_runs, "busy_cpu_seconds", time.process_time)  # a quiet machine: only this process
     tiny = {"width": 4, "g_width": 4, "depth": 2, "batch_size": 32, "pgd_steps": 2, "eps": 0.1}
     robgan = probe_step_seconds(methods.config_for("tiny", "robgan", tiny), tiny_dataset, steps=3, warmup=1,
                                 verbose=0)
@@ -61,6 +63,31 @@ def test_step_probe_times_every_stage_through_fit_with_its_guard(tiny_dataset, m
     assert len(guards) == 3  # Rob-GAN's fine-tuning's, in both of its probes, and FGSM-RS's
     for guard in guards:  # each ran in its probe: its first check (it traces the attack) before the first step
         assert guard.previous is not None and guard.check.evaluator is not None
+
+
+def test_a_step_timed_while_other_processes_work_is_refused_and_timed_again(tiny_dataset, monkeypatch, capsys):
+    from robgan_tf import methods
+    config = methods.config_for("tiny", "pgd-at", {"width": 4, "depth": 2, "batch_size": 32, "pgd_steps": 2})
+    # another process busy on one core: the machine's busy time grows by the wall clock on top of this process's
+    monkeypatch.setattr(study_runs, "busy_cpu_seconds", lambda: time.process_time() + time.perf_counter())
+    with pytest.raises(study_runs.BusyMachine, match=r"other processes used 1\.\d\d CPU cores while the train step"):
+        probe_step_seconds(config, tiny_dataset, steps=3, warmup=1, verbose=0)
+    # the study times it again after a pause, and gives up with an error after its tries
+    monkeypatch.setattr(study, "PROBE_PAUSE", 0)
+    assert study.probe_when_quiet(config, tiny_dataset, None, steps=3, warmup=1, verbose=0) is None
+    assert capsys.readouterr().out.count("timing again") == study.PROBE_TRIES
+    loads = iter([1.0] * 5 + [0.0] * 100)  # busy during the first probe only (its 5 step ends), then quiet
+    monkeypatch.setattr(study_runs, "busy_cpu_seconds",
+                        lambda: time.process_time() + next(loads) * time.perf_counter())
+    timed = study.probe_when_quiet(config, tiny_dataset, None, steps=3, warmup=1, verbose=0)
+    assert set(timed) == {"train"} and 0 < timed["train"] < 10
+
+
+def test_the_machines_busy_time_counts_this_process():
+    before, own = study_runs.busy_cpu_seconds(), time.process_time()
+    while time.process_time() - own < 0.3:  # burn 0.3 s of CPU
+        pass
+    assert study_runs.busy_cpu_seconds() - before >= 0.25
 
 
 def test_sized_config_fills_the_budget_and_keeps_a_fine_tuning_epoch():

@@ -4,6 +4,7 @@ end of co-training for variants that share it, and the study's bar chart."""
 import os
 import shutil
 import tempfile
+import textwrap
 import time
 
 import keras
@@ -125,14 +126,14 @@ def study_bars(rows, path, title=None):
         values = np.array([100 * r[key] for r in rows])
         ci = np.array([[100 * (r[key] - r[key + "_ci95"][0]), 100 * (r[key + "_ci95"][1] - r[key])] for r in rows]).T
         ax.bar(np.arange(len(rows)) + (k - 1) * width, values, width, yerr=ci, capsize=3, label=label)
-    ax.set_xticks(np.arange(len(rows)), [r["method"] for r in rows])
+    names = ["\n".join(textwrap.wrap(r["method"].replace("+", "+ "), 16)) for r in rows]  # long names side by side
+    ax.set_xticks(np.arange(len(rows)), names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(keys), frameon=False)  # off the bars
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(keys), frameon=False)  # under the names
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the legend below the axes included
     plt.close(fig)
 

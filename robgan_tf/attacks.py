@@ -50,9 +50,10 @@ def _loss_and_grad(logits_fn, loss_fn, x):
     return logits, losses, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0, x_init=None):
+def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0, x_init=None, clip_init=True):
     """Projected gradient ascent (Madry et al.) from `x_init`, by default a uniform random point
-    of the eps-ball.
+    of the eps-ball. The start is projected onto the ball and [0, 1] unless `clip_init` is False:
+    then the first gradient is taken where `x_init` lies, as FGSM-RS's reference code does.
 
     `loss` is "ce" (cross-entropy), "margin" (CW) or a function of the logits returning
     per-example losses (e.g. TRADES' KL term). Under float16, pass a `loss_scale` (e.g. 1024)
@@ -72,9 +73,9 @@ def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0,
 
     if x_init is None:
         x_init = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
-    x_adv = tf.clip_by_value(x_init, lower, upper)
+    x_adv = tf.clip_by_value(x_init, lower, upper) if clip_init else tf.convert_to_tensor(x_init, tf.float32)
     _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), x_adv))
-    return tf.stop_gradient(x_adv)
+    return tf.stop_gradient(tf.clip_by_value(x_adv, lower, upper))  # a no-op unless an unclipped start took no step
 
 
 def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75):

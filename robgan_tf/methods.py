@@ -17,7 +17,7 @@ from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.recipes import Method, Stage
 from robgan_tf.schedules import CyclicLR
 from robgan_tf.gan_training import ConditionalGAN, FineTuner, RobGAN
-from robgan_tf.training import TRADES, AdversarialTraining, NoiseFGSM
+from robgan_tf.training import TRADES, AdversarialTraining, NoiseFGSM, RandomStartFGSM
 
 
 def adam(config, learning_rate, variables):
@@ -187,7 +187,7 @@ METHODS = {m.name: m for m in (
     CGAN,
     _baseline("pgd-at", "PGD adversarial training (Madry et al. 2018)", AdversarialTraining),
     _baseline("fgsm-rs", "FGSM with a random start (Wong et al. 2020): one step of 1.25 eps, cyclic learning "
-                         "rate, catastrophic-overfitting guard on a held-out batch", AdversarialTraining,
+                         "rate, catastrophic-overfitting guard on a held-out batch", RandomStartFGSM,
               schedule=CyclicLR, fixed=lambda c: dict(pgd_steps=1, pgd_step_size=1.25 * c.eps),
               unused={"pgd_steps": "its one step is 1.25 x eps",
                       "pgd_step_size": "its one step is 1.25 x eps"},

@@ -2,7 +2,7 @@
 
 `AdversarialStage` holds what every stage shares (eps warm-up, per-replica seeds, PGD on the
 classifier in inference mode, generated-image mixing, metric trackers, the optimizer update).
-Here are the baselines that train the classifier alone: `AdversarialTraining` (PGD-AT, FGSM-RS),
+Here are the baselines that train the classifier alone: `AdversarialTraining` (PGD-AT), `RandomStartFGSM`,
 `NoiseFGSM` and `TRADES`; each can mix images of a frozen generator or a synthetic set into its batches.
 Rob-GAN's stages are in gan_training.py. The classifier is built once and passed in. All run
 under `tf.distribute` strategies: losses are global-batch means, every replica draws its own numbers.
@@ -128,9 +128,8 @@ class _ClassifierStage(AdversarialStage):
 
 
 class AdversarialTraining(_ClassifierStage):
-    """Cross-entropy on attacked images: PGD-AT (Madry et al. 2018) with k PGD steps; FGSM-RS
-    ("Fast is better than free", Wong et al. 2020) with one step of 1.25·eps from a random
-    start; standard training with `pgd_steps=0`."""
+    """Cross-entropy on attacked images: PGD-AT (Madry et al. 2018) with k PGD steps; standard
+    training with `pgd_steps=0`."""
 
     metric_names = ("loss", "adv_acc", "eps")
 
@@ -183,6 +182,17 @@ class TRADES(_ClassifierStage):
         self.apply(self.c_optimizer, tape, loss, self.classifier.trainable_variables, average=self.average)
         return self.record(loss=tf.reduce_mean(per_example), clean_acc=accuracy(y, clean_logits),
                            adv_acc=accuracy(y, adv_logits), eps=eps)
+
+
+class RandomStartFGSM(AdversarialTraining):
+    """FGSM-RS ("Fast is better than free", Wong et al. 2020): cross-entropy on x + δ + α·sign(∇)
+    projected onto the eps-ball and [0, 1], δ uniform in ±eps and the gradient taken at x + δ as
+    it is, pixels outside [0, 1] included, as in the reference code (α = 1.25·eps)."""
+
+    def attack(self, x, y, eps, seed, **kwargs):
+        start = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
+        return self._attack(self._logits, x, y, eps, 1, self.step_size_ratio * eps, seed,
+                            loss_scale=self.attack_loss_scale, x_init=start, clip_init=False)
 
 
 class NoiseFGSM(AdversarialTraining):

@@ -48,3 +48,12 @@ def test_the_step_is_taken_from_the_unclipped_random_start(stage, tiny_dataset):
 
 def test_the_registered_method_uses_it():
     assert methods.get("fgsm-rs").stages[0].step_class is RandomStartFGSM
+
+
+def test_on_mnist_it_defaults_to_the_reference_recipe_and_flags_still_override_it():
+    config = methods.config_for("mnist", "fgsm-rs")
+    assert (config.batch_size, config.d_lr, config.beta_1, config.eps_warmup_epochs, config.epochs) == (
+        100, 5e-3, 0.9, 0.0, 10)
+    assert config.pgd_steps == 1 and config.pgd_step_size == pytest.approx(1.25 * 0.3)
+    assert methods.config_for("mnist", "fgsm-rs", {"d_lr": 1e-3}, explicit=("d_lr",)).d_lr == 1e-3
+    assert methods.config_for("mnist", "pgd-at").batch_size == 64  # the recipe is fgsm-rs's own

@@ -99,6 +99,10 @@ class Config:
     generator: str | None = setting(None, "a frozen generator.keras (from a Rob-GAN run) for --gen-ratio")
     # TRADES
     beta: float = setting(6.0, "TRADES: weight of the KL term", NON_NEGATIVE)
+    # FGSM-RS
+    fgsm_clip_start: bool = setting(True, "FGSM-RS: clip its random start to [0, 1] before the gradient, as the "
+                                          "reference's CIFAR-10 script does (its MNIST script does not: the "
+                                          "default there)")
     # N-FGSM
     nfgsm_noise: float = setting(2.0, "N-FGSM: its start noise is uniform in ±nfgsm_noise x eps (de Jorge et al. "
                                       "2022: 2)", NON_NEGATIVE)

@@ -186,13 +186,18 @@ class TRADES(_ClassifierStage):
 
 class RandomStartFGSM(AdversarialTraining):
     """FGSM-RS ("Fast is better than free", Wong et al. 2020): cross-entropy on x + δ + α·sign(∇)
-    projected onto the eps-ball and [0, 1], δ uniform in ±eps and the gradient taken at x + δ as
-    it is, pixels outside [0, 1] included, as in the reference code (α = 1.25·eps)."""
+    projected onto the eps-ball and [0, 1], δ uniform in ±eps (α = 1.25·eps). The gradient is taken
+    at x + δ clipped to [0, 1] (`clip_start`, the reference's CIFAR-10 script) or as it is, pixels
+    outside [0, 1] included (its MNIST script)."""
+
+    def __init__(self, classifier, generator=None, *, clip_start=True, **kwargs):
+        super().__init__(classifier, generator, **kwargs)
+        self.clip_start = bool(clip_start)
 
     def attack(self, x, y, eps, seed, **kwargs):
         start = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
         return self._attack(self._logits, x, y, eps, 1, self.step_size_ratio * eps, seed,
-                            loss_scale=self.attack_loss_scale, x_init=start, clip_init=False)
+                            loss_scale=self.attack_loss_scale, x_init=start, clip_init=self.clip_start)
 
 
 class NoiseFGSM(AdversarialTraining):

@@ -74,6 +74,11 @@ class Config:
     finetune_lr: float = setting(1e-4, "fine-tuning Adam learning rate", POSITIVE)
     beta_1: float = setting(0.5, "Adam beta_1 of all optimizers", FRACTION)
     beta_2: float = setting(0.999, "Adam beta_2 of all optimizers", FRACTION)
+    classifier_optimizer: str = setting("adam", "a baseline's optimizer: adam, or sgd with --momentum and "
+                                                "--weight-decay (the baselines' reference code)", choices=("adam", "sgd"))
+    momentum: float = setting(0.9, "with --classifier-optimizer sgd: its momentum", FRACTION)
+    weight_decay: float = setting(0.0, "with --classifier-optimizer sgd: weight decay, decoupled as in Keras "
+                                       "(w -= learning rate x decay x w each step)", NON_NEGATIVE)
     augment: bool = setting(True, "random crop (4-px reflection padding) and horizontal flip")
     train_limit: int | None = setting(None, "train on a stratified, shuffled subset of N images", AT_LEAST_1)
     # Rob-GAN

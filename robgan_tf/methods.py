@@ -22,7 +22,19 @@ from robgan_tf.training import TRADES, AdversarialTraining, NoiseFGSM, RandomSta
 
 def adam(config, learning_rate, variables):
     """Adam with the run's betas, wrapped for float16 loss scaling, built for `variables`."""
-    optimizer = keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2)
+    return _built(config, keras.optimizers.Adam(learning_rate, config.beta_1, config.beta_2), variables)
+
+
+def classifier_optimizer(config, learning_rate, variables):
+    """A baseline's optimizer: Adam, or (--classifier-optimizer sgd) SGD with momentum and weight decay."""
+    if config.classifier_optimizer == "sgd":
+        sgd = keras.optimizers.SGD(learning_rate, momentum=config.momentum, weight_decay=config.weight_decay or None)
+        return _built(config, sgd, variables)
+    return adam(config, learning_rate, variables)
+
+
+def _built(config, optimizer, variables):
+    """`optimizer` wrapped for float16 loss scaling and built for `variables`."""
     if config.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)
@@ -81,6 +93,9 @@ def _robgan_optimizers(config, parts, steps):
                 ft_optimizer=adam(config, finetune_lr, parts.classifier.trainable_variables))
 
 
+# the baselines' optimizer settings, which a GAN method (Adam for G, D and fine-tuning) refuses when they are set
+_ADAM_ONLY = {name: "its G, D and fine-tuning use Adam" for name in ("classifier_optimizer", "momentum", "weight_decay")}
+
 # settings that belong to one method: every other method refuses them when they are set
 _OWNED = {"beta": ("trades", "it is TRADES' weight"), "nfgsm_noise": ("n-fgsm", "it is N-FGSM's start noise"),
           "fgsm_clip_start": ("fgsm-rs", "it is FGSM-RS's start")}
@@ -115,6 +130,7 @@ ROBGAN = Method(
                   generator="frozen", synthetic=True, **GUARDED)),
     optimizers=_robgan_optimizers,
     trains_generator=True,
+    unused=_ADAM_ONLY,
     check=_robgan_check,
 )
 
@@ -135,7 +151,7 @@ CGAN = Method(
     optimizers=_gan_optimizers,
     trains_generator=True,
     fixed=lambda config: dict(finetune_epochs=0),
-    unused={**_NO_ATTACK, **_NO_FINETUNING},
+    unused={**_NO_ATTACK, **_NO_FINETUNING, **_ADAM_ONLY},
     check=_gan_check,
 )
 
@@ -153,8 +169,8 @@ def _classifier_stage(**extra):
 
 def _classifier_optimizers(schedule):
     def optimizers(config, parts, steps):
-        return dict(c_optimizer=adam(config, schedule(config.d_lr, max(1, steps["train"])),
-                                     parts.classifier.trainable_variables))
+        return dict(c_optimizer=classifier_optimizer(config, schedule(config.d_lr, max(1, steps["train"])),
+                                                     parts.classifier.trainable_variables))
     return optimizers
 
 
@@ -241,6 +257,9 @@ def config_for(dataset, method="robgan", settings=None, explicit=()):
     cfg.check(config)
     if "val_every" in explicit and not config.val_examples:
         raise cfg.ConfigError("--val-every needs --val-examples (the validation split it checks)")
+    for name in ("momentum", "weight_decay"):
+        if name in explicit and config.classifier_optimizer != "sgd":
+            raise cfg.ConfigError(f"{cfg.flag(name)} needs --classifier-optimizer sgd")
     spec.check(config)
     return config
 

@@ -18,7 +18,7 @@ start and one per iteration; PGD: one per step) x the time of one compiled forwa
 gradient of the summed cross-entropy) over the same batches (the examples classified correctly, in
 batches of --batch); ours is reported as a multiple of it. A pass is timed as attacks run it: --chain
 passes back to back in one compiled loop, each starting from the last one's signed step, so none can be
-skipped or hoisted; the median of --repeats such chains, divided by --chain. (Until 3e37fb2 each pass
+skipped or hoisted; the median of --repeats such chains, divided by --chain. (Before 54ec64b each pass
 was timed as a call of its own, which on MNIST cost 1.37x a pass inside the loop and put ours at 0.74x
 the "limit".)
 

@@ -126,7 +126,7 @@ def study_bars(rows, path, title=None):
         values = np.array([100 * r[key] for r in rows])
         ci = np.array([[100 * (r[key] - r[key + "_ci95"][0]), 100 * (r[key + "_ci95"][1] - r[key])] for r in rows]).T
         ax.bar(np.arange(len(rows)) + (k - 1) * width, values, width, yerr=ci, capsize=3, label=label)
-    names = ["\n".join(textwrap.wrap(r["method"].replace("+", "+ "), 16)) for r in rows]  # long names side by side
+    names = ["\n".join(textwrap.wrap(r["method"].replace("+", "+ "), 16)).replace("+ ", "+") for r in rows]  # wrapped
     ax.set_xticks(np.arange(len(rows)), names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)

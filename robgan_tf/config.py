@@ -69,16 +69,16 @@ class Config:
     epochs: int = setting(100, "co-training epochs (a baseline: training epochs)", AT_LEAST_1)
     finetune_epochs: int = setting(10, "Rob-GAN fine-tuning epochs after co-training (G frozen)", NON_NEGATIVE)
     batch_size: int = setting(64, "global batch size (split across replicas)", AT_LEAST_1)
-    d_lr: float = setting(2e-4, "discriminator (a baseline: classifier) Adam learning rate", POSITIVE)
+    d_lr: float = setting(2e-4, "discriminator (a baseline: classifier) learning rate", POSITIVE)
     g_lr: float = setting(2e-4, "generator Adam learning rate", POSITIVE)
     finetune_lr: float = setting(1e-4, "fine-tuning Adam learning rate", POSITIVE)
     beta_1: float = setting(0.5, "Adam beta_1 of all optimizers", FRACTION)
     beta_2: float = setting(0.999, "Adam beta_2 of all optimizers", FRACTION)
-    classifier_optimizer: str = setting("adam", "a baseline's optimizer: adam, or sgd with --momentum and "
-                                                "--weight-decay (the baselines' reference code)", choices=("adam", "sgd"))
+    classifier_optimizer: str = setting("adam", "a baseline's optimizer: adam, or sgd with --momentum (the "
+                                                "baselines' reference code)", choices=("adam", "sgd"))
     momentum: float = setting(0.9, "with --classifier-optimizer sgd: its momentum", FRACTION)
-    weight_decay: float = setting(0.0, "with --classifier-optimizer sgd: weight decay, decoupled as in Keras "
-                                       "(w -= learning rate x decay x w each step)", NON_NEGATIVE)
+    weight_decay: float = setting(0.0, "a baseline's L2 weight decay: decay/2 x |w|^2 added to its loss, so decay x w "
+                                       "to its gradient, as SGD(weight_decay=) in PyTorch", NON_NEGATIVE)
     augment: bool = setting(True, "random crop (4-px reflection padding) and horizontal flip")
     train_limit: int | None = setting(None, "train on a stratified, shuffled subset of N images", AT_LEAST_1)
     # Rob-GAN

@@ -26,10 +26,10 @@ def adam(config, learning_rate, variables):
 
 
 def classifier_optimizer(config, learning_rate, variables):
-    """A baseline's optimizer: Adam, or (--classifier-optimizer sgd) SGD with momentum and weight decay."""
+    """A baseline's optimizer: Adam, or (--classifier-optimizer sgd) SGD with momentum (its weight decay
+    is in the train step's loss, for either)."""
     if config.classifier_optimizer == "sgd":
-        sgd = keras.optimizers.SGD(learning_rate, momentum=config.momentum, weight_decay=config.weight_decay or None)
-        return _built(config, sgd, variables)
+        return _built(config, keras.optimizers.SGD(learning_rate, momentum=float(config.momentum)), variables)
     return adam(config, learning_rate, variables)
 
 
@@ -94,7 +94,8 @@ def _robgan_optimizers(config, parts, steps):
 
 
 # the baselines' optimizer settings, which a GAN method (Adam for G, D and fine-tuning) refuses when they are set
-_ADAM_ONLY = {name: "its G, D and fine-tuning use Adam" for name in ("classifier_optimizer", "momentum", "weight_decay")}
+_ADAM_ONLY = {name: "it sets a baseline's optimizer; G, D and fine-tuning use Adam, without weight decay"
+              for name in ("classifier_optimizer", "momentum", "weight_decay")}
 
 # settings that belong to one method: every other method refuses them when they are set
 _OWNED = {"beta": ("trades", "it is TRADES' weight"), "nfgsm_noise": ("n-fgsm", "it is N-FGSM's start noise"),
@@ -162,7 +163,7 @@ def _classifier_stage(**extra):
     def build(step_class, parts, optimizers, config, warmup):
         settings = {**attack_settings(config, warmup), **{k: f(config) for k, f in extra.items()}}
         model = step_class(parts.classifier, parts.generator, gen_ratio=config.gen_ratio, average=parts.average,
-                           **settings)
+                           weight_decay=config.weight_decay, **settings)
         return _compile(model, config, optimizer=optimizers["c_optimizer"])
     return build
 
@@ -190,7 +191,7 @@ _BASELINE_FIXED = dict(spectral_norm="head", n_dis=1, finetune_epochs=0)  # a ba
 def _baseline(name, summary, step_class, schedule=keras.optimizers.schedules.CosineDecay, extra=None,
               fixed=None, unused=None, guarded=False, **kwargs):
     """A classifier trained alone: one "train" stage of `step_class` (with `extra` settings from
-    the config), Adam under `schedule`, the GAN-only settings fixed or refused, and (`guarded`)
+    the config), its optimizer (Adam or SGD) under `schedule`, the GAN-only settings fixed or refused, and (`guarded`)
     the catastrophic-overfitting guard."""
     stage = Stage("train", step_class, _classifier_stage(**(extra or {})), epochs=lambda c: c.epochs,
                   synthetic=True, **(GUARDED if guarded else {}))
@@ -257,9 +258,11 @@ def config_for(dataset, method="robgan", settings=None, explicit=()):
     cfg.check(config)
     if "val_every" in explicit and not config.val_examples:
         raise cfg.ConfigError("--val-every needs --val-examples (the validation split it checks)")
-    for name in ("momentum", "weight_decay"):
-        if name in explicit and config.classifier_optimizer != "sgd":
-            raise cfg.ConfigError(f"{cfg.flag(name)} needs --classifier-optimizer sgd")
+    if "momentum" in explicit and config.classifier_optimizer != "sgd":
+        raise cfg.ConfigError("--momentum needs --classifier-optimizer sgd")
+    for name in ("beta_1", "beta_2"):
+        if name in explicit and config.classifier_optimizer == "sgd":
+            raise cfg.ConfigError(f"{cfg.flag(name)} is Adam's; --classifier-optimizer sgd has --momentum")
     spec.check(config)
     return config
 

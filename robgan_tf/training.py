@@ -114,13 +114,29 @@ class AdversarialStage(keras.Model):
         return {n: m.result() for n, m in self.trackers.items()}
 
 
-def mean_loss(optimizer, per_example):
-    """The global-batch mean of per-example losses, scaled for mixed precision (in the tape)."""
-    return optimizer.scale_loss(tf.nn.compute_average_loss(per_example))
+def mean_loss(optimizer, per_example, penalty=None):
+    """The global-batch mean of per-example losses plus a weight `penalty` if any (counted once
+    across replicas), scaled for mixed precision (in the tape)."""
+    loss = tf.nn.compute_average_loss(per_example)
+    if penalty is not None:
+        loss += tf.nn.scale_regularization_loss(penalty)
+    return optimizer.scale_loss(loss)
 
 
 class _ClassifierStage(AdversarialStage):
-    """A classifier trained alone (with a frozen generator when it mixes generated images in)."""
+    """A classifier trained alone (with a frozen generator when it mixes generated images in), with
+    an optional L2 weight decay: λ/2·‖w‖² in its loss, so λ·w in its gradient, as in the reference
+    code's SGD(weight_decay=λ)."""
+
+    def __init__(self, classifier, generator=None, *, weight_decay=0.0, **kwargs):
+        super().__init__(classifier, generator, **kwargs)
+        self.weight_decay = float(weight_decay)
+
+    def penalty(self):
+        """λ/2·‖w‖² over the classifier's trainable weights (None without weight decay)."""
+        if not self.weight_decay:
+            return None
+        return self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in self.classifier.trainable_variables])
 
     def compile(self, optimizer, **kwargs):
         super().compile(**kwargs)
@@ -145,7 +161,7 @@ class AdversarialTraining(_ClassifierStage):
         with tf.GradientTape() as tape:
             logits = self.classifier(x_adv, training=True)
             per_example = losses.cross_entropy(y, logits, smoothing)
-            loss = mean_loss(self.c_optimizer, per_example)
+            loss = mean_loss(self.c_optimizer, per_example, self.penalty())
         # Update the classifier and its weight average.
         self.apply(self.c_optimizer, tape, loss, self.classifier.trainable_variables, average=self.average)
         return self.record(loss=tf.reduce_mean(per_example), adv_acc=accuracy(y, logits), eps=eps)
@@ -177,7 +193,7 @@ class TRADES(_ClassifierStage):
             clean_logits = self.classifier(x, training=True)
             adv_logits = self.classifier(x_adv, training=True)
             per_example = losses.trades_loss(y, clean_logits, adv_logits, self.beta, smoothing)
-            loss = mean_loss(self.c_optimizer, per_example)
+            loss = mean_loss(self.c_optimizer, per_example, self.penalty())
         # Update the classifier and its weight average.
         self.apply(self.c_optimizer, tape, loss, self.classifier.trainable_variables, average=self.average)
         return self.record(loss=tf.reduce_mean(per_example), clean_acc=accuracy(y, clean_logits),
@@ -195,9 +211,9 @@ class RandomStartFGSM(AdversarialTraining):
         self.clip_start = bool(clip_start)
 
     def attack(self, x, y, eps, seed, **kwargs):
+        # pgd's own start, drawn here so that it is the same under XLA (whose stateless RNG draws other numbers)
         start = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
-        return self._attack(self._logits, x, y, eps, 1, self.step_size_ratio * eps, seed,
-                            loss_scale=self.attack_loss_scale, x_init=start, clip_init=self.clip_start)
+        return super().attack(x, y, eps, seed, x_init=start, clip_init=self.clip_start, **kwargs)
 
 
 class NoiseFGSM(AdversarialTraining):

@@ -8,7 +8,7 @@ from robgan_tf.averaging import WeightAverage
 from robgan_tf.callbacks import OverfitGuard
 from robgan_tf.schedules import CyclicLR
 from robgan_tf.gan_training import FineTuner, RobGAN
-from robgan_tf.training import TRADES, AdversarialTraining
+from robgan_tf.training import TRADES, AdversarialTraining, RandomStartFGSM
 
 
 def _models(ds, spectral_norm="head"):
@@ -110,7 +110,7 @@ def test_eps_warmup_ramps_linearly_to_target(tiny_dataset):
 
 BASELINES = {
     "pgd-at": lambda c, g=None, **kw: AdversarialTraining(c, g, eps=0.1, pgd_steps=3, **kw),
-    "fgsm-rs": lambda c, g=None, **kw: AdversarialTraining(c, g, eps=0.1, pgd_steps=1, pgd_step_size=0.125, **kw),
+    "fgsm-rs": lambda c, g=None, **kw: RandomStartFGSM(c, g, eps=0.1, pgd_steps=1, pgd_step_size=0.125, **kw),
     "trades": lambda c, g=None, **kw: TRADES(c, g, eps=0.1, pgd_steps=3, beta=6.0, **kw),
 }
 

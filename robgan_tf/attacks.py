@@ -75,7 +75,9 @@ def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0,
         x_init = x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps)
     x_adv = tf.clip_by_value(x_init, lower, upper) if clip_init else tf.convert_to_tensor(x_init, tf.float32)
     _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), x_adv))
-    return tf.stop_gradient(tf.clip_by_value(x_adv, lower, upper))  # a no-op unless an unclipped start took no step
+    if not clip_init:  # each step clips; this keeps the guarantee should an unclipped start take none
+        x_adv = tf.clip_by_value(x_adv, lower, upper)
+    return tf.stop_gradient(x_adv)
 
 
 def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75):

@@ -20,7 +20,10 @@ batches of --batch); ours is reported as a multiple of it. A pass is timed as at
 passes back to back in one compiled loop, each starting from the last one's signed step, so none can be
 skipped or hoisted; the median of --repeats such chains, divided by --chain. (Before 54ec64b each pass
 was timed as a call of its own, which on MNIST cost 1.37x a pass inside the loop and put ours at 0.74x
-the "limit".)
+the "limit".) Our APGD drops the examples it has fooled (attacks.apgd's drop_fooled), so it makes fewer
+passes than the limit counts; it is also timed with every example kept to the last iteration
+(drop_fooled=False, the same images returned), whose time over the limit is what the acceptance checks:
+the cost of our loop per pass.
 
 Every side attacks only the examples the model classifies correctly, and every adversarial image
 counted is checked (inside the eps-ball and [0, 1], misclassified). Timings exclude a warm-up: each
@@ -48,6 +51,7 @@ JSON records the load average before and after).
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -182,6 +186,15 @@ def warm_ours(evaluator, attack, x, y, warm, eps, num_classes, sizes):
         for part in parts:
             for attempt, _ in part.pieces(evaluator, eps, num_classes):
                 np.asarray(attempt(xs, ys, xs.copy(), tf.constant([evaluator.settings.seed, 1], tf.int64)))
+
+
+def keeping_every_example(logits_fn, settings):
+    """An Evaluator whose APGD keeps every example in its batch to the last iteration
+    (drop_fooled=False): the same images, and every pass the limit counts."""
+    evaluator = evaluation.Evaluator(logits_fn, settings, verbose=False)
+    logits = lambda images: tf.cast(logits_fn(images), tf.float32)  # noqa: E731  (as Evaluator's)
+    evaluator.apgd = tf.function(functools.partial(attacks.apgd, logits, drop_fooled=False), reduce_retracing=True)
+    return evaluator
 
 
 def run_ours(evaluator, attack, x, y, eps, todo):
@@ -394,7 +407,7 @@ def main(argv=None):
                               square_p_init=args.square_p_init, batch_size=args.batch, seed=args.seed)
     logits_fn = evaluation.inference_fn(model)
     evaluator = evaluation.Evaluator(logits_fn, settings, verbose=False)
-    traces = Traces(evaluator._logits, evaluator.pgd, evaluator.apgd, evaluator.square)
+    every_example = keeping_every_example(logits_fn, settings)
     sizes = (args.warmup, args.warmup + 1)
     predict = evaluator.predict
     predict(x[:sizes[0]]), predict(x[:sizes[1]])
@@ -418,13 +431,14 @@ def main(argv=None):
                            "autoattack_their_model": args.autoattack_their_model},
               "rows": rows, "limits": limits, "notes": notes}
 
-    def measure_ours(attack, todo=correct, label=None, before_clock=None):
-        """Warms `attack` up, times it on `todo`; `before_clock` (a record) is time already spent on
-        the examples (the composition's APGD-CE) and is added."""
+    def measure_ours(attack, todo=correct, label=None, before_clock=None, on=evaluator):
+        """Warms `attack` up, times it on `todo` with the Evaluator `on`; `before_clock` (a record) is
+        time already spent on the examples (the composition's APGD-CE) and is added."""
         label = label or attack.name
-        warm_ours(evaluator, attack, x, y, warm, eps, num_classes, sizes)
+        warm_ours(on, attack, x, y, warm, eps, num_classes, sizes)
+        traces = Traces(on._logits, on.pgd, on.apgd, on.square)
         before = traces.count()
-        robust, clock, stages = run_ours(evaluator, attack, x, y, eps, todo)
+        robust, clock, stages = run_ours(on, attack, x, y, eps, todo)
         retraced = traces.count() - before
         if retraced:
             notes.append(f"ours {label}: {retraced} tf.function trace(s) during the timed run")
@@ -455,11 +469,15 @@ def main(argv=None):
             row["accuracy_difference_points"] = round(100 * (theirs["robust_accuracy"] - ours["robust_accuracy"]), 2)
         rows.append(row)
 
-    def add_limit(name, passes, ours):
-        limits[name] = {"passes": passes, "seconds": round(passes * limits["pass_seconds"], 2),
-                        "cpu_seconds": round(passes * limits["pass_cpu_seconds"], 2)}
-        limits[name]["ours_over_limit"] = round(ours["seconds"] / limits[name]["seconds"], 3)
-        limits[name]["ours_over_limit_cpu"] = round(ours["cpu_seconds"] / limits[name]["cpu_seconds"], 3)
+    def add_limit(name, passes, ours, shipped=None):
+        """The limit of `passes` passes, and `ours` (every pass made) over it; `shipped`, if given, is
+        the attack as evaluations run it (fewer passes), over the same limit."""
+        limit = limits[name] = {"passes": passes, "seconds": round(passes * limits["pass_seconds"], 2),
+                                "cpu_seconds": round(passes * limits["pass_cpu_seconds"], 2)}
+        limit["ours_over_limit"] = round(ours["seconds"] / limit["seconds"], 3)
+        limit["ours_over_limit_cpu"] = round(ours["cpu_seconds"] / limit["cpu_seconds"], 3)
+        if shipped:
+            limit["shipped_over_limit"] = round(shipped["seconds"] / limit["seconds"], 3)
 
     if "apgd-ce" in args.parts or "pgd" in args.parts:
         per_batch, retraced = pass_seconds(chained_passes(logits_fn), x, y, batches, sizes, args.repeats,
@@ -476,14 +494,17 @@ def main(argv=None):
         print(f"APGD-CE, {args.apgd_steps} iterations", flush=True)
         ours_apgd, robust_ce = measure_ours(evaluation.APGD(args.apgd_steps))
     if "apgd-ce" in args.parts:
-        add_limit("apgd-ce", args.apgd_steps + 1, ours_apgd)  # its start's pass, then one per iteration
+        ours_every, _ = measure_ours(evaluation.APGD(args.apgd_steps), label="apgd-ce, no example dropped",
+                                     on=every_example)
+        add_limit("apgd-ce", args.apgd_steps + 1, ours_every, ours_apgd)  # its start's pass, then one per iteration
         art_attacks = {}  # by model kind: run (and so warmed up) once, the function model's profiled after
         for kind in args.their_model:
             model_fn = their_model(model, kind)
             art_attacks[kind] = art_apgd(art_classifier(model_fn, x, num_classes), eps, args.apgd_steps, args.batch)
             x_adv, clock, retraced = run_art(art_attacks[kind], model_fn, x, y, warm, args.seed, sizes)
-            add_row("apgd-ce", "ART AutoProjectedGradientDescent", ours_apgd,
-                    measure_theirs(f"ART apgd-ce ({kind} model)", x_adv, clock, retraced), kind)
+            theirs = measure_theirs(f"ART apgd-ce ({kind} model)", x_adv, clock, retraced)
+            add_row("apgd-ce", "ART AutoProjectedGradientDescent", ours_apgd, theirs, kind)
+            add_row("apgd-ce, no example dropped", "ART AutoProjectedGradientDescent", ours_every, theirs, kind)
         if args.profile:
             attack = art_attacks.get("function")
             if attack is None:  # not timed above: built and warmed up for the profile alone
@@ -583,8 +604,11 @@ def report(result):
     for name in ("apgd-ce", "pgd"):
         if name in limits:
             lim = limits[name]
-            lines.append(f"limit {name}: {lim['passes']} x pass = {lim['seconds']:.1f} s; ours / limit = "
-                         f"{lim['ours_over_limit']:.3f} (in CPU seconds: {lim['ours_over_limit_cpu']:.3f})")
+            every = " with every example in every pass" if "shipped_over_limit" in lim else ""
+            lines.append(f"limit {name}: {lim['passes']} x pass = {lim['seconds']:.1f} s; ours{every} / limit = "
+                         f"{lim['ours_over_limit']:.3f} (in CPU seconds: {lim['ours_over_limit_cpu']:.3f})"
+                         + (f"; ours as evaluations run it (fooled examples dropped) / limit = "
+                            f"{lim['shipped_over_limit']:.3f}" if every else ""))
     acc = result["acceptance"]
     for key, value in acc.items():
         if key.startswith("apgd-ce vs ART"):
@@ -594,7 +618,8 @@ def report(result):
                          f"{value['accuracy_difference_points']:+.1f} points (within {ACCEPT_ACC_POINTS:g}: "
                          f"{'yes' if value['accuracy_ok'] else 'NO'})")
         elif key == "apgd-ce vs limit":
-            lines.append(f"acceptance apgd-ce vs limit: {value['ours_over_limit']:.3f} (<= {ACCEPT_LIMIT:g}: "
+            lines.append(f"acceptance apgd-ce vs limit, every example in every pass: {value['ours_over_limit']:.3f} "
+                         f"(<= {ACCEPT_LIMIT:g}: "
                          f"{'yes' if value['ok'] else 'NO'})")
     profile = result.get("art_profile")
     if profile:

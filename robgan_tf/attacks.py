@@ -80,52 +80,63 @@ def pgd(logits_fn, x, y, eps, steps, step_size, seed, loss="ce", loss_scale=1.0,
     return tf.stop_gradient(x_adv)
 
 
-def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75):
+def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75, drop_fooled=True):
     """Auto-PGD (Croce & Hein 2020): momentum, and a step size (from 2·eps) halved at checkpoints
     where the loss rose in fewer than `rho` of the steps since the last one, or stopped improving;
     each halving restarts from the best point so far.
 
     Cross-entropy loss (APGD-CE), or with `target` classes the targeted DLR loss (APGD-T).
-    Returns, per example, the first misclassified iterate, else the start point.
+    Returns, per example, the first misclassified iterate, else the start point. No example's
+    iterates depend on the others in its batch, so with `drop_fooled` the fooled examples leave the
+    batch (once they are an eighth of it): fewer forward+backward passes, the same result.
     """
     x = tf.convert_to_tensor(x, tf.float32)
     eps = tf.cast(eps, tf.float32)
-    lower, upper = _ball(x, eps)
-    if target is None:
-        loss_fn = lambda logits: cross_entropy(logits, y)  # noqa: E731
-    else:
-        loss_fn = lambda logits: targeted_dlr(logits, y, target)  # noqa: E731
     first_check, min_period, period_decrease = (max(int(f * steps), 1) for f in (0.22, 0.06, 0.03))
     per_example = lambda flags: tf.reshape(flags, [-1] + [1] * (x.shape.rank - 1))  # noqa: E731
+
+    def loss_fn(s):
+        if target is None:
+            return lambda logits: cross_entropy(logits, s["y"])
+        return lambda logits: targeted_dlr(logits, s["y"], s["target"])
 
     noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
     noise /= tf.reduce_max(tf.abs(noise), axis=list(range(1, x.shape.rank)), keepdims=True) + 1e-12
     x_adv = tf.clip_by_value(x + eps * noise, 0.0, 1.0)
-    logits, loss, grad = _loss_and_grad(logits_fn, loss_fn, x_adv)
+    s = dict(x=x, y=y, target=y if target is None else tf.convert_to_tensor(target, y.dtype),
+             row=tf.range(tf.shape(x)[0]))
+    logits, loss, grad = _loss_and_grad(logits_fn, loss_fn(s), x_adv)
     fooled = tf.argmax(logits, -1, output_type=y.dtype) != y
-    ones = tf.ones_like(loss)
-    state = dict(
-        i=tf.constant(0), x_adv=x_adv, x_prev=x_adv, grad=grad, loss=loss, step=2.0 * eps * ones,
-        x_best=x_adv, grad_best=grad, loss_best=loss, fooled=fooled, x_fooled=x_adv,
-        since_check=tf.constant(0), period=tf.constant(first_check), rises=tf.zeros_like(loss),
-        loss_best_at_check=loss, reduced_at_check=tf.ones_like(fooled))
+    s = dict(s, x_adv=x_adv, x_prev=x_adv, grad=grad, loss=loss, step=2.0 * eps * tf.ones_like(loss),
+             x_best=x_adv, grad_best=grad, loss_best=loss, fooled=fooled, rises=tf.zeros_like(loss),
+             loss_best_at_check=loss, reduced_at_check=tf.ones_like(fooled))
+    examples = set(s)  # the keys holding one entry per example still in the batch
+    s.update(i=tf.constant(0), since_check=tf.constant(0), period=tf.constant(first_check), out=x_adv)
+
+    def drop_if_many_fooled(s):
+        many = drop_fooled & (8 * tf.reduce_sum(tf.cast(s["fooled"], tf.int32)) >= tf.size(s["fooled"]))
+        keep = lambda: {k: tf.boolean_mask(v, ~s["fooled"]) if k in examples else v for k, v in s.items()}  # noqa: E731
+        return tf.cond(many, keep, lambda: s)
 
     def iteration(s):
+        lower, upper = _ball(s["x"], eps)
         a = tf.where(s["i"] > 0, momentum, 1.0)
         z = tf.clip_by_value(s["x_adv"] + per_example(s["step"]) * tf.sign(s["grad"]), lower, upper)
         x_new = tf.clip_by_value(s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_prev"]),
                                  lower, upper)
-        logits, loss, grad = _loss_and_grad(logits_fn, loss_fn, x_new)
-        now_fooled = tf.argmax(logits, -1, output_type=y.dtype) != y
+        logits, loss, grad = _loss_and_grad(logits_fn, loss_fn(s), x_new)
+        first_fooled = (tf.argmax(logits, -1, output_type=y.dtype) != s["y"]) & ~s["fooled"]
         improved = loss > s["loss_best"]
         s = dict(s, i=s["i"] + 1, x_prev=s["x_adv"], x_adv=x_new, grad=grad, loss=loss,
-                 x_fooled=tf.where(per_example(now_fooled & ~s["fooled"]), x_new, s["x_fooled"]),
-                 fooled=s["fooled"] | now_fooled,
+                 out=tf.tensor_scatter_nd_update(s["out"], tf.boolean_mask(s["row"], first_fooled)[:, None],
+                                                 tf.boolean_mask(x_new, first_fooled)),
+                 fooled=s["fooled"] | first_fooled,
                  rises=s["rises"] + tf.cast(loss > s["loss"], tf.float32),
                  x_best=tf.where(per_example(improved), x_new, s["x_best"]),
                  grad_best=tf.where(per_example(improved), grad, s["grad_best"]),
                  loss_best=tf.maximum(loss, s["loss_best"]), since_check=s["since_check"] + 1)
-        return tf.cond(s["since_check"] == s["period"], lambda: checkpoint(s), lambda: s)
+        s = tf.cond(s["since_check"] == s["period"], lambda: checkpoint(s), lambda: s)
+        return drop_if_many_fooled(s)
 
     def checkpoint(s):
         oscillating = s["rises"] <= rho * tf.cast(s["period"], tf.float32)
@@ -137,8 +148,11 @@ def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75
                     reduced_at_check=reduce, loss_best_at_check=s["loss_best"], since_check=tf.constant(0),
                     period=tf.maximum(s["period"] - period_decrease, min_period), rises=tf.zeros_like(s["rises"]))
 
-    state = tf.while_loop(lambda s: s["i"] < steps, lambda s: (iteration(s),), (state,))[0]
-    return tf.stop_gradient(state["x_fooled"])
+    s = drop_if_many_fooled(s)
+    shapes = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) if k in examples else v.shape for k, v in s.items()}
+    s = tf.while_loop(lambda s: (s["i"] < steps) & (tf.size(s["row"]) > 0), lambda s: (iteration(s),), (s,),
+                      shape_invariants=(shapes,))[0]
+    return tf.stop_gradient(s["out"])
 
 
 def _square_size(i, p_init, height, width, n_queries):

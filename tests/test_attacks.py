@@ -113,3 +113,32 @@ def test_pgd_on_a_float16_model_stays_float32_and_moves(tiny_dataset, float16_cl
     assert x_adv.dtype == tf.float32
     moved = np.abs(x_adv.numpy() - x)
     assert moved.max() <= 0.1 + 1e-6 and moved.mean() > 0.05, "float16 input gradients must not vanish"
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_apgd_drops_fooled_examples_without_changing_any_result(trained_classifier, tiny_dataset, targeted):
+    """APGD with `drop_fooled` sends fewer examples through the model and returns the same images:
+    each fooled example's first misclassified iterate, each other one's start."""
+    x = tiny_dataset.x_test[:64].astype(np.float32) / 255.0
+    y = tiny_dataset.y_test[:64].astype(np.int32)
+    seen = tf.Variable(0)
+
+    def counting_logits(images):
+        seen.assign_add(tf.shape(images)[0])
+        return trained_classifier(images, training=False)
+
+    target = tf.constant((y + 1) % 4) if targeted else None
+    run = tf.function(lambda drop: attacks.apgd(counting_logits, x, y, 0.3, 40, tf.constant([3, 4], tf.int64),
+                                                target=target, drop_fooled=drop), reduce_retracing=True)
+    results, passes = {}, {}
+    for drop in (False, True):
+        seen.assign(0)
+        results[drop] = run(drop).numpy()
+        passes[drop] = int(seen.numpy())
+    predict = evaluation.Evaluator(evaluation.inference_fn(trained_classifier), verbose=False).predict
+    fooled = predict(results[False]) != y
+    assert 0 < fooled.sum() < len(y)  # some but not all: both paths matter
+    np.testing.assert_array_equal(predict(results[True]) != y, fooled)
+    np.testing.assert_allclose(results[True], results[False], atol=1e-6)
+    assert passes[False] == 41 * len(y)  # every example: the start's pass and one per iteration
+    assert passes[True] < passes[False] - 20 * fooled.sum()  # most fooled examples left early

@@ -88,7 +88,8 @@ def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75
     Cross-entropy loss (APGD-CE), or with `target` classes the targeted DLR loss (APGD-T).
     Returns, per example, the first misclassified iterate, else the start point. No example's
     iterates depend on the others in its batch, so with `drop_fooled` the fooled examples leave the
-    batch (once they are an eighth of it): fewer forward+backward passes, the same result.
+    batch (once they are an eighth of it): fewer forward+backward passes, the same result up to the
+    rounding of kernels that differ by batch size. The shrinking batch rules out XLA.
     """
     x = tf.convert_to_tensor(x, tf.float32)
     eps = tf.cast(eps, tf.float32)
@@ -103,7 +104,7 @@ def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75
     noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
     noise /= tf.reduce_max(tf.abs(noise), axis=list(range(1, x.shape.rank)), keepdims=True) + 1e-12
     x_adv = tf.clip_by_value(x + eps * noise, 0.0, 1.0)
-    s = dict(x=x, y=y, target=y if target is None else tf.convert_to_tensor(target, y.dtype),
+    s = dict(x=x, y=y, target=y if target is None else tf.cast(target, y.dtype),
              row=tf.range(tf.shape(x)[0]))
     logits, loss, grad = _loss_and_grad(logits_fn, loss_fn(s), x_adv)
     fooled = tf.argmax(logits, -1, output_type=y.dtype) != y
@@ -114,7 +115,9 @@ def apgd(logits_fn, x, y, eps, steps, seed, target=None, rho=0.75, momentum=0.75
     s.update(i=tf.constant(0), since_check=tf.constant(0), period=tf.constant(first_check), out=x_adv)
 
     def drop_if_many_fooled(s):
-        many = drop_fooled & (8 * tf.reduce_sum(tf.cast(s["fooled"], tf.int32)) >= tf.size(s["fooled"]))
+        if not drop_fooled:
+            return s
+        many = 8 * tf.reduce_sum(tf.cast(s["fooled"], tf.int32)) >= tf.size(s["fooled"])
         keep = lambda: {k: tf.boolean_mask(v, ~s["fooled"]) if k in examples else v for k, v in s.items()}  # noqa: E731
         return tf.cond(many, keep, lambda: s)
 

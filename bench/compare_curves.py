@@ -7,8 +7,6 @@ hold different numbers of steps are not comparable this way: say so beside the c
 """
 
 import argparse
-import csv
-import json
 import os
 import sys
 
@@ -20,18 +18,14 @@ from robgan_tf.plots import plt  # noqa: E402  (matplotlib with the Agg backend)
 
 def validation_curve(run):
     """(epochs, validation PGD-10 accuracies, the kept epoch or None) of a run directory."""
-    path = os.path.join(run, rundir.METRICS_CSV)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(run, rundir.METRICS_CSV)):
         raise SystemExit(f"{run}: no {rundir.METRICS_CSV} (not a run directory of train.py?)")
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_pgd10_acc")]
+    rows = [r for r in rundir.read_metrics_rows(run) if r.get("val_pgd10_acc")]
     if not rows:
         raise SystemExit(f"{run}: its {rundir.METRICS_CSV} has no validation PGD-10 (trained without --val-examples)")
-    best = None
-    if os.path.exists(os.path.join(run, rundir.BEST)):
-        with open(os.path.join(run, rundir.BEST)) as f:
-            best = json.load(f).get("epoch")
-    return [int(r["epoch"]) for r in rows], [100 * float(r["val_pgd10_acc"]) for r in rows], best
+    best = rundir.read_best(run)
+    return ([int(r["epoch"]) for r in rows], [100 * float(r["val_pgd10_acc"]) for r in rows],
+            best.get("epoch") if best else None)
 
 
 def main(argv=None):

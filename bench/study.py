@@ -1,7 +1,8 @@
 """Rob-GAN against the baselines at equal training time: python bench/study.py --dataset mnist
 
-For each method: time its training steps (study_runs.probe_step_seconds) and size its epochs, and
-with them its eps warm-up and learning-rate schedule, to the budget; train it (trainer.train,
+First time every method's training steps, one after another (study_runs.probe_step_seconds).
+Then for each method: size its epochs, and with them its eps warm-up and learning-rate schedule,
+to the budget at its timed steps; train it (trainer.train,
 resumable); evaluate it with the autoattack composition on the same test examples
 (evaluation.evaluate, kept on disk); then write a table with Wilson 95% intervals and an exact
 McNemar test of Rob-GAN against PGD-AT on the same examples, a bar chart, and the study's
@@ -169,6 +170,31 @@ def probe_when_quiet(config, dataset, stages, **probe):
         except BusyMachine as e:
             print(f"== {e}: timing again in {PROBE_PAUSE} s", flush=True)
             time.sleep(PROBE_PAUSE)
+    return None
+
+
+def probe_rows(names, state, out, dataset_name, dataset, overrides, seed, save_state, first=True):
+    """Times the training step of every row not yet timed, one after another. The study calls it
+    `first`, before any row trains, so that all rows are sized at the same machine speed (this
+    machine's speed drifted by up to 30% between sessions: a row timed hours after another would
+    get its steps at another rate). A row whose step draws from a study GAN's frozen generator
+    (pgd-at+gen) waits then, and is timed (first=False) when its turn comes and the generator
+    exists. Returns a problem, or None."""
+    for name in names:
+        entry = state["methods"].setdefault(name, {})
+        variant = variant_settings(name, out)
+        variant.pop("filter", None)  # not a training setting; a data row's step is timed on real images
+        base = base_config(dataset_name, variant, overrides, seed)
+        frozen_generator = base.gen_ratio and not methods.get(base.method).trains_generator
+        if "step_seconds" in entry or "config" in entry or (first and frozen_generator):
+            continue
+        print(f"== {name}: timing its training step ...")
+        entry["step_seconds"] = probe_when_quiet(base, dataset, ("finetune",) if shares_cotraining(name) else None)
+        if entry["step_seconds"] is None:
+            del entry["step_seconds"]
+            return (f"{name}: other processes kept using the CPU through {PROBE_TRIES} step probes; "
+                    f"stop them and rerun")
+        save_state()
     return None
 
 
@@ -545,6 +571,10 @@ def main(argv=None):
         os.replace(state_path + ".tmp", state_path)
 
     adopt_generators(args.generators_from, out, plan, state, save_state)
+    problem = probe_rows(args.methods, state, out, args.dataset, dataset, overrides, args.seed, save_state)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
 
     for name in args.methods:
         entry = state["methods"].setdefault(name, {})
@@ -574,11 +604,10 @@ def main(argv=None):
         base = base_config(args.dataset, variant, overrides, args.seed)
         shared = shares_cotraining(name)
         if "config" not in entry:
-            print(f"== {name}: timing its training step ...")
-            entry["step_seconds"] = probe_when_quiet(base, dataset, ("finetune",) if shared else None)
-            if entry["step_seconds"] is None:
-                print(f"error: {name}: other processes kept using the CPU through {PROBE_TRIES} step probes; "
-                      f"stop them and rerun", file=sys.stderr)
+            problem = probe_rows([name], state, out, args.dataset, dataset, overrides, args.seed, save_state,
+                                 first=False)  # a row left untimed (pgd-at+gen): its generator exists now
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
                 return 1
             if shared:  # robgan's co-training time counts as this variant's
                 robgan = state["methods"]["robgan"]

@@ -242,6 +242,41 @@ def test_tiny_study_trains_evaluates_and_writes_its_table(tiny_data_dir, tmp_pat
     assert benchmarks.read_text().count("<!-- study:tiny-128-0.05 -->") == 1
 
 
+def test_every_row_is_timed_before_the_first_one_trains(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "other_runs", lambda: [])
+    events = []
+
+    def probe(config, dataset, stages=None, **_):
+        events.append(("timed", config.method, stages))
+        return _fixed_step_seconds(config, dataset, stages)
+
+    def train(config, dataset, run_dir, **_):
+        events.append(("trained", os.path.basename(run_dir)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "probe_step_seconds", probe)
+    monkeypatch.setattr(study.trainer, "train", train)
+    out = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        study.main(["--dataset", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(out), "--benchmarks",
+                    str(tmp_path / "none.md"), "--budget-minutes", "0.05", "--set", "train_limit=128",
+                    "--methods", "robgan", "pgd-at+gen", "trades", "pgd-at+robgan-filtered-data", "robgan+gen"])
+    # four timings back to back, then robgan trains; pgd-at+gen's step draws from robgan's generator: it waits
+    assert events == [("timed", "robgan", None), ("timed", "trades", None), ("timed", "pgd-at", None),
+                      ("timed", "robgan", ("finetune",)), ("trained", "robgan")]
+    state = json.loads((out / "study.json").read_text())
+    assert {name for name, entry in state["methods"].items() if "step_seconds" in entry} == \
+        {"robgan", "trades", "pgd-at+robgan-filtered-data", "robgan+gen"}
+    assert "config" in state["methods"]["robgan"] and "config" not in state["methods"]["trades"]
+    # when its turn comes, the waiting row is timed (first=False), and a timed row is not timed again
+    events.clear()
+    dataset = study.data.load("tiny", str(tiny_data_dir))
+    for first in (True, False, False):
+        assert study.probe_rows(["pgd-at+gen", "trades"], state, str(out), "tiny", dataset, {}, 0, lambda: None,
+                                first=first) is None
+    assert events == [("timed", "pgd-at", None)] and "step_seconds" in state["methods"]["pgd-at+gen"]
+
+
 def _interrupted_after_a_while(*_, **__):
     """A step of the study (training, sampling) that a Ctrl-C stops after 0.3 s."""
     time.sleep(0.3)

@@ -176,8 +176,8 @@ def probe_when_quiet(config, dataset, stages, **probe):
 def probe_rows(names, state, out, dataset_name, dataset, overrides, seed, save_state, first=True):
     """Times the training step of every row not yet timed, one after another. The study calls it
     `first`, before any row trains, so that all rows are sized at the same machine speed (this
-    machine's speed drifted by up to 30% between sessions: a row timed hours after another would
-    get its steps at another rate). A row whose step draws from a study GAN's frozen generator
+    machine's speed drifted by up to a third between sessions: a row timed hours after another
+    would get its steps at another rate). A row whose step draws from a study GAN's frozen generator
     (pgd-at+gen) waits then, and is timed (first=False) when its turn comes and the generator
     exists. Returns a problem, or None."""
     for name in names:

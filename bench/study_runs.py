@@ -33,7 +33,7 @@ def busy_cpu_seconds():
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose="auto"):
+def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose="auto", weights_from=None):
     """Seconds per training step of each stage of `config`'s method ({stage name: s}), or of the
     given `stages` only, as `fit` runs them in training: on the real input pipeline, with the
     progress bar and the stage's own callbacks (an overfitting guard checks before
@@ -41,10 +41,14 @@ def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose
     rounding error). The mean of `steps` steps after `warmup`. (Timing the
     bare step on one in-memory batch missed that loop's own cost: FGSM-RS on MNIST probed 56 ms
     and trained at 69-77 ms.) Raises BusyMachine if other processes used more than OTHERS_LIMIT
-    cores on average over a stage's timed steps (the machine's busy time less this process's)."""
+    cores on average over a stage's timed steps (the machine's busy time less this process's).
+    With `weights_from` (a run directory of the same settings) the steps start from its trained
+    weights (load_trained_weights) instead of fresh ones."""
     method = methods.get(config.method)
     with distribute.dtype_policy(config.mixed_precision):
         parts = trainer.build_parts(config, dataset, method)
+        if weights_from:
+            load_trained_weights(parts, weights_from)
         optimizers = method.optimizers(config, parts, {stage.name: 1000 for stage in method.stages})
     seconds = {}
     for stage in method.stages:
@@ -72,6 +76,19 @@ def probe_step_seconds(config, dataset, stages=None, steps=50, warmup=3, verbose
                                   f"timed (at most {OTHERS_LIMIT:g} allowed)")
         seconds[stage.name] = (end - start) / steps
     return seconds
+
+
+def load_trained_weights(parts, run_dir):
+    """Sets a run's models to the weights its directory holds (D from discriminator.keras, G from
+    generator.keras, which holds G's average when the run keeps one), and starts their weight
+    averages there."""
+    parts.discriminator.set_weights(rundir.load_model(os.path.join(run_dir, rundir.DISCRIMINATOR)).get_weights())
+    if parts.generator is not None:
+        parts.generator.set_weights(rundir.load_model(os.path.join(run_dir, rundir.GENERATOR)).get_weights())
+    for average in (parts.average, parts.generator_average):
+        if average is not None:
+            for kept, variable in zip(average.averages, average.source):
+                kept.assign(variable)
 
 
 def keep_cotrained(out_dir):

@@ -65,6 +65,30 @@ def test_step_probe_times_every_stage_through_fit_with_its_guard(tiny_dataset, m
         assert guard.previous is not None and guard.check.evaluator is not None
 
 
+def test_a_probe_can_start_from_a_runs_trained_weights(tiny_dataset, tiny_data_dir, tmp_path, monkeypatch, capsys):
+    from robgan_tf import methods, rundir, trainer
+    config = methods.config_for("tiny", "robgan", {"width": 4, "g_width": 4, "depth": 2, "batch_size": 32,
+                                                   "pgd_steps": 2, "eps": 0.1, "ema_decay": 0.9, "g_ema_decay": 0.9})
+    method = methods.get("robgan")
+    run = trainer.build_parts(config, tiny_dataset, method)  # a "trained" run: weights unlike a fresh build's
+    for model, name in ((run.discriminator, rundir.DISCRIMINATOR), (run.generator, rundir.GENERATOR)):
+        model.set_weights([w + 0.5 for w in model.get_weights()])
+        rundir.save_model(model, str(tmp_path), name)
+    parts = trainer.build_parts(config, tiny_dataset, method)
+    study_runs.load_trained_weights(parts, str(tmp_path))
+    for model, saved in ((parts.discriminator, run.discriminator), (parts.generator, run.generator)):
+        for a, b in zip(model.get_weights(), saved.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for average in (parts.average, parts.generator_average):  # the averages start at the trained weights
+        for kept, variable in zip(average.averages, average.source):
+            np.testing.assert_array_equal(kept.numpy(), variable.numpy())
+    # bench/step_weights.py refuses a run without its saved models, in one line, before timing anything
+    import step_weights
+    rundir.prepare(str(tmp_path / "unfinished"), config, ["a", "b", "c", "d"])
+    assert step_weights.main(["--run", str(tmp_path / "unfinished"), "--data-dir", str(tiny_data_dir)]) == 1
+    assert "has no discriminator.keras" in capsys.readouterr().err
+
+
 def test_a_step_timed_while_other_processes_work_is_refused_and_timed_again(tiny_dataset, monkeypatch, capsys):
     from robgan_tf import methods
     config = methods.config_for("tiny", "pgd-at", {"width": 4, "depth": 2, "batch_size": 32, "pgd_steps": 2})
